@@ -23,6 +23,7 @@ A cgroup that vanished counts as empty.
 """
 
 import errno
+import fcntl
 import os
 import select
 import time
@@ -146,26 +147,41 @@ def _write(path, data):
 class JobCgroup:
     """One job's cgroup directory: created before the job, removed after it."""
 
-    def __init__(self, path):
+    def __init__(self, path, lock_fd=None):
         self.path = path
+        self.lock_fd = lock_fd
         self.use_kill = has_kill(path)
         self.events_fd = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
-        self._events_cache = None
+        self.gone = False
 
     @classmethod
     def create(cls, parent, name):
-        path = os.path.join(parent, f"{JOB_PREFIX}{os.getpid()}.{name}")
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            # Our pid was reused after an earlier reaper died: its cgroup is stale.
-            remove_tree(path)
-            os.mkdir(path)
-        try:
-            return cls(path)
-        except OSError:
-            _rmdir_quiet(path)
-            raise
+        """Make `reaper.<pid>.<name>` (or `.<n>` after it if taken) and lock it.
+
+        The pid alone is not unique: reapers that are PID 1 of different pid
+        namespaces may share a parent.  The lock marks the supervisor as alive
+        for collect_stale(); if a concurrent collect_stale() got the lock of the
+        fresh directory first, it removes it and we take the next name.
+        """
+        base = os.path.join(parent, f"{JOB_PREFIX}{os.getpid()}.{name}")
+        for n in range(100):
+            path = base if n == 0 else f"{base}.{n}"
+            try:
+                os.mkdir(path)
+                lock_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except (FileExistsError, FileNotFoundError):
+                continue
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return cls(path, lock_fd)
+            except BlockingIOError:
+                os.close(lock_fd)
+                continue
+            except OSError:
+                os.close(lock_fd)
+                _rmdir_quiet(path)
+                raise
+        raise OSError(errno.EEXIST, "too many job cgroups with this name", base)
 
     @property
     def procs_file(self):
@@ -177,6 +193,7 @@ class JobCgroup:
             raw = os.pread(self.events_fd, 4096, 0)
         except OSError as e:
             if e.errno in (errno.ENODEV, errno.ENOENT):
+                self.gone = True
                 return {"populated": 0, "frozen": 0}
             raise
         result = {}
@@ -194,6 +211,7 @@ class JobCgroup:
                 return [int(x) for x in f.read().split()]
         except OSError as e:
             if e.errno in (errno.ENODEV, errno.ENOENT):
+                self.gone = True
                 return []
             raise
 
@@ -202,6 +220,7 @@ class JobCgroup:
             _write(os.path.join(self.path, "cgroup.freeze"), b"1" if frozen else b"0")
         except OSError as e:
             if e.errno in (errno.ENODEV, errno.ENOENT):
+                self.gone = True
                 return False
             raise
         if not frozen:
@@ -226,6 +245,7 @@ class JobCgroup:
             except OSError as e:
                 if e.errno not in (errno.ENODEV, errno.ENOENT):
                     raise
+                self.gone = True
             return
         frozen = self._freeze(True)
         seen = set()
@@ -247,6 +267,8 @@ class JobCgroup:
         """Remove the (empty) cgroup directory; a busy one is left for `reaper gc`."""
         os.close(self.events_fd)
         _rmdir_quiet(self.path)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
 
 
 def _rmdir_quiet(path):
@@ -280,45 +302,14 @@ def remove_tree(path, wait_s=2.0):
     return _rmdir_quiet(path)
 
 
-def supervisor_pid(name):
-    """The pid encoded in a job cgroup name `reaper.<pid>.<job name>`, or None."""
-    if not name.startswith(JOB_PREFIX):
-        return None
-    pid = name[len(JOB_PREFIX):].partition(".")[0]
-    return int(pid) if pid.isdigit() else None
-
-
-def _supervisor_alive(pid, path, thorough):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if not thorough:
-        return True
-    # The pid exists, but it may have been reused.  A live supervisor holds
-    # cgroup.events of its job open, so look for that among its descriptors.
-    try:
-        if time.time() - os.stat(path).st_ctime < 1.0:
-            return True     # just created: its supervisor may not have opened it yet
-        fd_dir = f"/proc/{pid}/fd"
-        for fd in os.listdir(fd_dir):
-            try:
-                if os.readlink(f"{fd_dir}/{fd}").startswith(path + "/"):
-                    return True
-            except OSError:
-                continue
-    except OSError:
-        return True         # cannot tell: assume alive, never kill a live job
-    return False
-
-
-def collect_stale(parent, thorough=False):
+def collect_stale(parent):
     """Kill and remove job cgroups under `parent` whose supervisor is gone.
 
-    The cheap form (thorough=False, run by every `reaper exec`) only checks that
-    the pid in the name still exists; `reaper gc` also catches reused pids.
+    A live supervisor holds an flock on its job's cgroup directory, and the
+    kernel drops it when the supervisor dies, however it dies.  So a job cgroup
+    whose lock can be taken is stale.  Unlike a pid in the name, this holds
+    across pid namespaces and pid reuse.  Cheap enough for every `reaper exec`:
+    one open and one flock per job cgroup under the parent.
     """
     removed = []
     try:
@@ -326,15 +317,23 @@ def collect_stale(parent, thorough=False):
     except OSError:
         return removed
     for name in entries:
-        pid = supervisor_pid(name)
-        if pid is None or pid == os.getpid():
+        if not name.startswith(JOB_PREFIX):
             continue
         path = os.path.join(parent, name)
-        if _supervisor_alive(pid, path, thorough):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
             continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue        # its supervisor is alive
         try:
             if remove_tree(path):
                 removed.append(path)
         except OSError:
-            continue
+            pass
+        finally:
+            os.close(fd)
     return removed

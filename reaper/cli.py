@@ -137,7 +137,7 @@ def cmd_exec(args):
     before_exec = None
     if opts["pidns"]:
         from reaper import pidns
-        before_exec = pidns.prepare(argv, log)
+        before_exec = pidns.prepare(argv, log, opts["grace"], opts["stop_signal"], opts["wait_all"])
     sup = Supervisor(argv, holder, grace_s=opts["grace"], timeout_s=opts["timeout"],
                      stop_signal=opts["stop_signal"], wait_all=opts["wait_all"], log=log,
                      before_exec=before_exec)
@@ -172,7 +172,7 @@ def cmd_gc(args):
     _, where, problem = containment.probe(parent)
     if where is None or problem:
         raise ReaperError(f"gc: {problem}")
-    removed = cgroup.collect_stale(where, thorough=True)
+    removed = cgroup.collect_stale(where)
     for path in removed:
         print(f"removed {path}")
     if verbose:
@@ -181,6 +181,12 @@ def cmd_gc(args):
 
 
 COMMANDS = {"exec": cmd_exec, "doctor": cmd_doctor, "gc": cmd_gc}
+
+
+def report(error):
+    """Print a ReaperError as one `reaper:` line; return its exit code."""
+    os.write(2, f"reaper: {error}\n".encode(errors="replace"))
+    return error.code
 
 
 def main(argv=None):
@@ -198,8 +204,7 @@ def main(argv=None):
             raise ReaperError(f"unknown command {args[0]!r} (expected exec, doctor or gc)")
         return command(args[1:])
     except ReaperError as e:
-        os.write(2, f"reaper: {e}\n".encode(errors="replace"))
-        return e.code
+        return report(e)
     except KeyboardInterrupt:
         return 130
     except OSError as e:

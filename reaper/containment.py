@@ -1,6 +1,7 @@
 """Choosing how a job is contained, and saying why.
 
-Two mechanisms share one small interface (signal_all, empty, close):
+Two mechanisms share one small interface (signal_all, empty, authoritative,
+close; reaper.pidns adds a third for the init of a pid namespace):
 
 - cgroup: the job's own cgroup v2 directory (reaper.cgroup).  Complete by
   construction: no descendant can leave it, `cgroup.kill` kills it atomically,
@@ -30,9 +31,19 @@ class CgroupContainment:
 
     def signal_all(self, sig):
         self.job.signal_all(sig)
+        if self.job.gone:
+            # Someone removed the cgroup under us (its processes moved out
+            # first): they are still below the subreaper, so sweep the tree.
+            from reaper import tree
+            tree.signal_all(sig)
 
     def empty(self):
         return not self.job.populated()
+
+    @property
+    def authoritative(self):
+        """empty() is the whole truth, unless the cgroup was removed under us."""
+        return not self.job.gone
 
     def close(self):
         self.job.close()
@@ -42,6 +53,7 @@ class TreeContainment:
     name = "pgroup"
     cgroup_procs = None
     events_fd = None
+    authoritative = False
 
     def __init__(self, reason):
         self.reason = reason

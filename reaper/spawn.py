@@ -107,8 +107,10 @@ def _child(argv, wfd, parent, old_mask, cgroup_procs, tty_fd, foreground,
         stage = "pdeathsig"
         if pdeathsig:
             _prctl.prctl(_prctl.PR_SET_PDEATHSIG, pdeathsig)
-            if os.getppid() != parent:
-                os._exit(EXIT_FAILURE)      # reaper died before we asked
+            # reaper died before we asked?  (In a new pid namespace the
+            # parent is outside it and getppid() is 0: nothing to compare.)
+            if os.getppid() not in (parent, 0):
+                os._exit(EXIT_FAILURE)
         _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
         if before_exec is not None:
             stage = "init"

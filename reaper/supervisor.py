@@ -195,8 +195,10 @@ class Supervisor:
             self._kill_all("the main process has exited")
 
     def _job_empty(self):
-        if self.containment.name == "cgroup":
-            return self.containment.empty()
+        if not self.containment.empty():
+            return False
+        if self.containment.authoritative:
+            return True
         try:
             os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
