@@ -40,7 +40,10 @@ def spawn(argv, cgroup_procs=None, tty_fd=None, foreground=False,
     before_exec: optional callable run in the child last (e.g. a pid namespace init).
     """
     parent = os.getpid()
-    rfd, wfd = os.pipe()
+    try:
+        rfd, wfd = os.pipe()
+    except OSError as e:
+        raise ReaperError(f"cannot create the start-up pipe: {e.strerror} (check ulimit -n)")
     old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, ALL_SIGNALS)
     try:
         pid = os.fork()

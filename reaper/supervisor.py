@@ -79,7 +79,10 @@ class Supervisor:
             raise ReaperError(f"PR_SET_CHILD_SUBREAPER failed ({e.strerror}); is this Linux >= 3.4?")
 
     def _install_signals(self):
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise ReaperError(f"cannot create the signal pipe: {e.strerror} (check ulimit -n)")
         _signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         self.ignored = [s for s in FORWARDED if _signal.getsignal(s) == _signal.SIG_IGN]
         handled = [s for s in FORWARDED if s not in self.ignored] + [_signal.SIGCHLD]
@@ -111,9 +114,9 @@ class Supervisor:
     # -- the loop -------------------------------------------------------
 
     def run(self):
-        self._become_subreaper()
-        self._install_signals()
         try:
+            self._become_subreaper()
+            self._install_signals()
             self._start()
             self._loop()
         except BaseException:

@@ -252,24 +252,36 @@ class Lines:
                 return line
 
 
-def world_readable_copy(tmpdir):
-    """Copy the package where an unprivileged user can import it."""
-    base = tempfile.mkdtemp(prefix="reaper-pkg-")
-    shutil.copytree(os.path.join(ROOT, "reaper"), os.path.join(base, "reaper"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for root, dirs, files in os.walk(base):
-        os.chmod(root, 0o755)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o644)
-    return base
-
-
 def usable_by_others(path):
     """Can another user execute `path` (every directory on the way searchable)?"""
     path = os.path.realpath(path)
     while path != "/":
-        mode = os.stat(path).st_mode
-        if not mode & stat.S_IXOTH:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
             return False
         path = os.path.dirname(path)
     return True
+
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"]
+
+
+@pytest.fixture(scope="session")
+def world():
+    """reaper and the test helpers where user `nobody` can read them.
+
+    The checkout may live under a 0700 home; Debian's python3 (which the venv
+    under /opt links to) is world-usable.  Returns the directory; its
+    `reaper/` goes on PYTHONPATH and its `helpers/` holds the test jobs.
+    """
+    if not usable_by_others(sys.executable):
+        pytest.skip(f"{sys.executable} is not usable by other users (install with scripts/install.sh)")
+    base = tempfile.mkdtemp(prefix=f"reaper-world-{MARKER}-")
+    shutil.copytree(os.path.join(ROOT, "reaper"), os.path.join(base, "reaper"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(HELPERS, os.path.join(base, "helpers"), ignore=shutil.ignore_patterns("__pycache__"))
+    for root, _, files in os.walk(base):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
