@@ -27,6 +27,7 @@ class CgroupContainment:
         self.job = job
         self.reason = reason
         self.cgroup_procs = job.procs_file
+        self.cgroup_fd = job.lock_fd
         self.events_fd = job.events_fd
 
     def signal_all(self, sig):
@@ -52,6 +53,7 @@ class CgroupContainment:
 class TreeContainment:
     name = "pgroup"
     cgroup_procs = None
+    cgroup_fd = None
     events_fd = None
     authoritative = False
 

@@ -85,12 +85,13 @@ def _core_file(mount, parent, name, since, kernel):
     """Would a job cgroup under `parent` have `name`?  -> (bool or None, where, how we know)."""
     if not mount:
         return None, None, "no cgroup2 hierarchy"
-    if parent is not None and not _is_root_cgroup(parent):
-        path = os.path.join(parent, name)
+    base = parent or mount      # no usable parent: still say what the kernel offers
+    if not _is_root_cgroup(base):
+        path = os.path.join(base, name)
         found = os.path.exists(path)
-        return found, "parent", f"{path} {'exists' if found else 'is missing'}"
+        return found, "parent" if parent else "cgroup2 mount", f"{path} {'exists' if found else 'is missing'}"
     # The root cgroup never has it; job cgroups are its children.
-    child = _some_child_cgroup(parent or mount)
+    child = _some_child_cgroup(base)
     if child is not None:
         found = os.path.exists(os.path.join(child, name))
         return found, "child cgroups", f"{'seen' if found else 'not present'} in {child}"
@@ -113,7 +114,7 @@ def _subreaper():
         return False, "python-prctl (_prctl) is not importable"
     except OSError as e:
         return False, f"PR_GET_CHILD_SUBREAPER failed: {e.strerror} (Linux >= 3.4 needed)"
-    return True, f"PR_GET_CHILD_SUBREAPER works (currently {'set' if current else 'not set'})"
+    return True, f"PR_GET_CHILD_SUBREAPER works; {'already' if current else 'not yet'} a subreaper"
 
 
 def _pidfd():
@@ -215,7 +216,7 @@ def _namespaces(euid):
         "user_namespaces": user_error is None,
         "user_namespaces_detail": "; ".join(facts),
         "pid_namespaces": pid_error is None,
-        "pid_namespaces_detail": (f"--pidns works ({how} as uid {euid})" if pid_error is None
+        "pid_namespaces_detail": (f"--pidns works: {how} as uid {euid}" if pid_error is None
                                   else f"--pidns fails: {pid_error}"),
     }
 
@@ -287,6 +288,10 @@ def collect():
     return info
 
 
+LAYOUTS = {"unified": " (pure cgroup v2)", "hybrid": " (cgroup v1 hierarchies mounted too)",
+           "none": " (no cgroup2 mounted)"}
+
+
 def _yes(value):
     return {True: "yes", False: "no", None: "unknown"}[value]
 
@@ -311,7 +316,7 @@ def render(info):
         ("user", who),
         ("pid 1", f"{_yes(info['pid1'])} (pid {info['pid']})"),
         ("cgroup2 mount", info["cgroup2_mount"] or "none"),
-        ("cgroup layout", info["cgroup_layout"]),
+        ("cgroup layout", info["cgroup_layout"] + LAYOUTS.get(info["cgroup_layout"], "")),
         ("cgroup2 read-only", _yes(info["cgroup2_read_only"])),
         ("own cgroup", info["own_cgroup"] or "unknown"),
         ("job cgroup parent", parent),

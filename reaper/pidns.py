@@ -48,6 +48,7 @@ class NamespaceContainment:
     name = "pidns"
     reason = "init of the job's pid namespace"
     cgroup_procs = None
+    cgroup_fd = None
     events_fd = None
     authoritative = False
 

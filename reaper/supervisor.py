@@ -101,6 +101,7 @@ class Supervisor:
         self.pid = spawn.spawn(
             self.argv,
             cgroup_procs=self.containment.cgroup_procs,
+            cgroup_fd=self.containment.cgroup_fd,
             tty_fd=self.terminal.fd,
             foreground=self.terminal.foreground,
             reset_signals=self.reset_in_child,
@@ -143,7 +144,9 @@ class Supervisor:
             self._check_deadlines()
             if self._collected():
                 return
-            poller.poll(self._poll_timeout_ms())
+            for fd, _ in poller.poll(self._poll_timeout_ms()):
+                if fd == self.containment.events_fd:
+                    self.containment.empty()    # reading cgroup.events re-arms POLLPRI
             self._drain_signals()
 
     def _poll_timeout_ms(self):

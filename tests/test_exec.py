@@ -270,3 +270,12 @@ def test_exec_path_imports_no_heavy_module(sandbox):
     assert code == 0
     imported = {line.split("|")[-1].strip() for line in err.decode().splitlines() if "|" in line}
     assert not imported & {"subprocess", "psutil", "pyroute2", "argparse", "logging", "json", "prctl"}
+
+
+@pytest.mark.parametrize("no_clone3", ["", "1"], ids=["clone3", "fork+join"])
+def test_job_is_inside_its_cgroup_before_exec_either_way(sandbox, no_clone3):
+    env = dict(sandbox.env, REAPER_NO_CLONE3=no_clone3)
+    code, out, err = sandbox.run("exec", "--containment", "cgroup", "--name", "born", "--",
+                                 "cat", "/proc/self/cgroup", env=env)
+    assert code == 0, err
+    assert f"/reaper.".encode() in out and b".born\n" in out
