@@ -215,17 +215,21 @@ def children_of(pid):
 
 
 def reap_strays(keep=()):
-    """Reap exited children we did not start ourselves (orphans adopted as subreaper)."""
-    n = 0
+    """Reap exited children we did not start ourselves (orphans adopted as subreaper).
+
+    Returns how many such children there were, exited or not: as the bench is a
+    subreaper, each one is a process that its supervisor let go of.
+    """
+    seen = 0
     for pid in children_of(os.getpid()):
         if pid in keep:
             continue
+        seen += 1
         try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                n += 1
+            os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
-    return n
+    return seen
 
 
 def proc_state(pid):

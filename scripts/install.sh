@@ -4,6 +4,8 @@
 # The venv is built from Debian's /usr/bin/python3 under /opt, world-readable,
 # so tests can also run reaper as an unprivileged user (setpriv). python-prctl
 # has no wheels: it compiles against libcap headers, hence gcc and libcap-dev.
+# A regular (not editable) install: pip compiles the bytecode, and no editable
+# finder is imported at every interpreter start-up.
 # With --test, also the tools the test suite and the benchmark drive.
 set -eu
 cd "$(dirname "$0")/.."
@@ -18,5 +20,5 @@ if ! dpkg -s $packages >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages >/dev/null
 fi
 [ -x /opt/reaper-venv/bin/python ] || /usr/bin/python3 -m venv /opt/reaper-venv
-/opt/reaper-venv/bin/pip install -q --disable-pip-version-check -e ".$extra"
+/opt/reaper-venv/bin/pip install -q --disable-pip-version-check ".$extra"
 echo "reaper installed: /opt/reaper-venv/bin/reaper" >&2
