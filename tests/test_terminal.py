@@ -110,8 +110,8 @@ def tmux_factory(sandbox):
         session.close()
 
 
-def test_interactive_bash_ctrl_c_interrupts_a_foreground_sleep_and_exit_returns(sandbox, tmux_factory):
-    term = tmux_factory(f"{REAPER} exec -- bash --norc --noprofile")
+def test_interactive_bash_ctrl_c_interrupts_a_foreground_sleep_and_exit_returns(sandbox, tmux_factory, mode):
+    term = tmux_factory(f"{REAPER} exec --containment {mode} -- bash --norc --noprofile")
     term.wait_prompt()
     term.keys("sleep 1000", "Enter")
     sleeper = wait_process(sandbox, "sleep")
@@ -124,10 +124,10 @@ def test_interactive_bash_ctrl_c_interrupts_a_foreground_sleep_and_exit_returns(
     wait_gone(term.server)
 
 
-def test_ctrl_z_suspends_the_job_and_fg_resumes_it(sandbox, tmux_factory):
+def test_ctrl_z_suspends_the_job_and_fg_resumes_it(sandbox, tmux_factory, mode):
     term = tmux_factory("bash --norc --noprofile")
     term.wait_prompt()
-    term.keys(f"{REAPER} exec -- cat", "Enter")
+    term.keys(f"{REAPER} exec --containment {mode} -- cat", "Enter")
     cat = wait_process(sandbox, "cat", psutil.STATUS_SLEEPING)
     term.keys("hello", "Enter")
     term.wait_screen(lambda s: s.count("hello") == 2)       # typed echo + cat's copy
@@ -146,16 +146,16 @@ def test_ctrl_z_suspends_the_job_and_fg_resumes_it(sandbox, tmux_factory):
     assert not cat.is_running()
 
 
-def test_background_job_reading_the_terminal_stops_like_in_a_shell(sandbox, tmux_factory):
+def test_background_job_reading_the_terminal_stops_like_in_a_shell(sandbox, tmux_factory, mode):
     term = tmux_factory("bash --norc --noprofile")
     term.wait_prompt()
-    term.keys(f"{REAPER} exec -- cat &", "Enter")
+    term.keys(f"{REAPER} exec --containment {mode} -- cat &", "Enter")
     term.wait_prompt()
     cat = wait_process(sandbox, "cat", psutil.STATUS_STOPPED)      # SIGTTIN on its read
     reaper = psutil.Process(cat.ppid())
     wait_status(reaper, psutil.STATUS_STOPPED)                      # ...and reaper follows
     term.keys("fg", "Enter")
-    term.wait_screen(lambda s: "exec -- cat" in s.split("fg", 1)[-1])
+    term.wait_screen(lambda s: "-- cat" in s.split("fg", 1)[-1])
     term.keys("bg-read", "Enter")
     term.wait_screen(lambda s: s.count("bg-read") == 2)
     term.keys("C-d")
