@@ -18,7 +18,7 @@ import uuid
 import psutil
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, cg_wait_empty
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(not shutil.which("tmux"), reason="tmux is not installed")]
@@ -90,6 +90,23 @@ def wait_process(sandbox, name, state=None, timeout_s=10.0):
         time.sleep(0.02)
 
 
+def wait_foreground(proc, timeout_s=10.0):
+    """Poll (bounded) until `proc` owns the terminal and waits for input in it.
+
+    Keys typed earlier could reach the shell while readline has the terminal
+    in raw mode (no echo), so tests type only once the job really reads.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        state, pgrp, tpgid = fields[0], int(fields[2]), int(fields[5])
+        if state == "S" and tpgid == pgrp:
+            return
+        assert time.monotonic() < deadline, f"{proc.pid} never read the terminal in the foreground"
+        time.sleep(0.02)
+
+
 def wait_status(proc, state, timeout_s=10.0):
     deadline = time.monotonic() + timeout_s
     while proc.status() != state:
@@ -108,6 +125,8 @@ def tmux_factory(sandbox):
     yield make
     for session in sessions:
         session.close()
+    # The panes' processes get SIGHUP from the dying server; wait until they are gone.
+    cg_wait_empty(sandbox.path)
 
 
 def test_interactive_bash_ctrl_c_interrupts_a_foreground_sleep_and_exit_returns(sandbox, tmux_factory, mode):
@@ -129,6 +148,7 @@ def test_ctrl_z_suspends_the_job_and_fg_resumes_it(sandbox, tmux_factory, mode):
     term.wait_prompt()
     term.keys(f"{REAPER} exec --containment {mode} -- cat", "Enter")
     cat = wait_process(sandbox, "cat", psutil.STATUS_SLEEPING)
+    wait_foreground(cat)
     term.keys("hello", "Enter")
     term.wait_screen(lambda s: s.count("hello") == 2)       # typed echo + cat's copy
     term.keys("C-z")
@@ -136,6 +156,7 @@ def test_ctrl_z_suspends_the_job_and_fg_resumes_it(sandbox, tmux_factory, mode):
     assert "Stopped" in term.screen()
     assert cat.status() == psutil.STATUS_STOPPED
     term.keys("fg", "Enter")
+    wait_foreground(cat)
     term.keys("again", "Enter")
     term.wait_screen(lambda s: s.count("again") == 2)
     term.keys("C-d")
@@ -155,7 +176,7 @@ def test_background_job_reading_the_terminal_stops_like_in_a_shell(sandbox, tmux
     reaper = psutil.Process(cat.ppid())
     wait_status(reaper, psutil.STATUS_STOPPED)                      # ...and reaper follows
     term.keys("fg", "Enter")
-    term.wait_screen(lambda s: "-- cat" in s.split("fg", 1)[-1])
+    wait_foreground(cat)
     term.keys("bg-read", "Enter")
     term.wait_screen(lambda s: s.count("bg-read") == 2)
     term.keys("C-d")
