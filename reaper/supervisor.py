@@ -246,22 +246,23 @@ class Supervisor:
 
     # -- the stop ladder ------------------------------------------------
 
+    def _killpg(self, sig):
+        """Signal the job's process group, but only while its leader is un-reaped."""
+        if self.main_status is not None:
+            return False
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+        return True
+
     def _forward(self, sig):
-        if self.main_status is None:
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                pass
-        else:
+        if not self._killpg(sig):
             self.containment.signal_all(sig)
 
     def _begin_stop(self, sig, why):
         self.log(f"stopping: {why}; sending signal {sig} to the whole job")
-        if self.main_status is None:
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                pass
+        self._killpg(sig)
         self.containment.signal_all(sig)
         self.state = STOPPING
         self.kill_at = time.monotonic() + self.grace_s
@@ -270,11 +271,7 @@ class Supervisor:
         self.log(f"killing: {why}")
         self.state = KILLING
         self.kill_at = None
-        if self.main_status is None:
-            try:
-                os.killpg(self.pid, SIGKILL)
-            except ProcessLookupError:
-                pass
+        self._killpg(SIGKILL)
         self.containment.signal_all(SIGKILL)
 
     def _collect_after_failure(self):
@@ -282,8 +279,7 @@ class Supervisor:
         if self.pid is None:
             return
         self.log("reaper failed; killing the job before exiting")
-        for action in (lambda: os.killpg(self.pid, SIGKILL) if self.main_status is None else None,
-                       lambda: self.containment.signal_all(SIGKILL)):
+        for action in (lambda: self._killpg(SIGKILL), lambda: self.containment.signal_all(SIGKILL)):
             try:
                 action()
             except Exception:

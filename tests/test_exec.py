@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 
 import psutil
 import pytest
@@ -278,4 +277,4 @@ def test_job_is_inside_its_cgroup_before_exec_either_way(sandbox, no_clone3):
     code, out, err = sandbox.run("exec", "--containment", "cgroup", "--name", "born", "--",
                                  "cat", "/proc/self/cgroup", env=env)
     assert code == 0, err
-    assert f"/reaper.".encode() in out and b".born\n" in out
+    assert b"/reaper." in out and b".born\n" in out
