@@ -278,3 +278,16 @@ def test_job_is_inside_its_cgroup_before_exec_either_way(sandbox, no_clone3):
                                  "cat", "/proc/self/cgroup", env=env)
     assert code == 0, err
     assert b"/reaper." in out and b".born\n" in out
+
+
+def test_job_inherits_no_descriptor_of_reapers_own(sandbox, mode):
+    code, out, err = sandbox.run("exec", "--containment", mode, "--", "ls", "/proc/self/fd")
+    assert code == 0, err
+    assert sorted(int(fd) for fd in out.split()) == [0, 1, 2, 3]    # 3: ls's own directory handle
+
+
+def test_job_starts_with_no_blocked_or_ignored_signal(sandbox, mode):
+    code, out, err = sandbox.run("exec", "--containment", mode, "--", "grep", "-E", "^Sig(Blk|Ign)",
+                                 "/proc/self/status")
+    assert code == 0, err
+    assert out.decode().split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16]
