@@ -115,7 +115,7 @@ def build(reaper_cmd, python):
     return found, skipped
 
 
-def versions(launchers, python, reaper_cmd):
+def versions(python, reaper_cmd):
     """One line of version text per tool, for the machine description."""
     out = {}
 
@@ -130,6 +130,10 @@ def versions(launchers, python, reaper_cmd):
 
     out["python"] = first_line([python, "-c", "import sys; print(sys.version.split()[0])"])
     out["reaper"] = first_line(reaper_cmd + ["--version"])
+    # Where reaper's code comes from: an installed copy may differ from the checkout.
+    out["reaper_module"] = first_line(
+        [python, "-c", "import reaper; print(reaper.__file__)"] if reaper_cmd[1:2] == ["-m"]
+        else [python, "-I", "-c", "import reaper; print(reaper.__file__)"])
     for name, argv in (("tini", ["tini", "--version"]), ("dumb-init", ["dumb-init", "--version"]),
                        ("catatonit", ["catatonit", "--version"]), ("timeout", ["timeout", "--version"])):
         if shutil.which(argv[0]):

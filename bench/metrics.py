@@ -39,7 +39,6 @@ class Trial:
         self.bench = bench
         self.cg = bench.new_cgroup(label)
         cg = self.cg
-        self.t_spawn = time.monotonic()
         self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=bench.log_fd,
                                      env=bench.env, start_new_session=True,
                                      preexec_fn=lambda: bl.cg_join(cg))
@@ -71,8 +70,9 @@ class Trial:
 class Bench:
     """What every metric needs: config, environment, contestants, cgroups, notes."""
 
-    def __init__(self, root, tmp, cfg, launchers, python):
+    def __init__(self, root, tmp, cfg, launchers, python, reaper_cmd):
         self.root = root
+        self.reaper_cmd = reaper_cmd
         self.tmp = tmp
         self.cfg = cfg
         self.launchers = launchers
@@ -152,6 +152,9 @@ def startup(bench):
             ("python", "python -c pass", [py, "-c", "pass"])]
     for lc in bench.supervised():
         cmds.append((lc.key, f"{lc.label} true", lc.argv([bench.true], bench.cfg["grace"])))
+    # Diagnostic, no target: interpreter + reaper's entry point without `exec`,
+    # which splits reaper's start-up into "getting to main()" and "exec itself".
+    cmds.append(("reaper-version", "reaper --version", bench.reaper_cmd + ["--version"]))
     usable = []
     for key, label, argv in cmds:
         # One checked run first: it validates the command and fills the byte-code cache.
@@ -276,14 +279,21 @@ def teardown(bench):
                     else f"{r.get('survivors')} left" if "survivors" in r else r.get("error", "?")))
     res = {"grace_s": grace, "cap_s": cap, "settle_s": settle, "reps": cfg["teardown_reps"],
            "scenarios": {}}
+    # The floor does not depend on the variant (cgroup.kill ignores dispositions),
+    # so both variants' floor trials at one N are pooled into one, steadier median.
+    floors = {n: median([t.get("empty_ms") for v in ("honour", "ignore")
+                         for t in raw[f"{n}-{v}"]["cgroup-kill"]]) for n in cfg["sizes"]}
     for n, variant in scenarios:
         sc = raw[f"{n}-{variant}"]
-        floor = median([t.get("empty_ms") for t in sc["cgroup-kill"]])
-        out = {"n": n, "variant": variant, "floor_ms": floor, "contestants": {}}
+        floor = floors[n]
+        out = {"n": n, "variant": variant, "floor_ms": floor,
+               "floor_ms_this_variant": median([t.get("empty_ms") for t in sc["cgroup-kill"]]),
+               "contestants": {}}
         for key, lc in contestants:
             trials = sc[key]
+            errors = [t["error"] for t in trials if "error" in t]
             done = [t.get("empty_ms") for t in trials]
-            all_done = bool(trials) and all(d is not None for d in done)
+            all_done = bool(trials) and not errors and all(d is not None for d in done)
             med = median(done) if all_done else None
             entry = {
                 "label": "cgroup.kill (floor)" if lc is None else lc.label,
@@ -292,8 +302,9 @@ def teardown(bench):
                 "empty_ms": med,
                 "x_floor": ratio(med, floor),
                 "beyond_grace_x_floor": ratio(None if med is None else med - grace * 1000, floor)
-                if variant == "ignore" else None,
-                "survivors_max": max((t.get("survivors", 0) or 0) for t in trials) if trials else None,
+                if variant == "ignore" and lc is not None else None,
+                "errors": errors,
+                "survivors_max": None if errors or not trials else max(t["survivors"] for t in trials),
                 "launcher_exit_ms": median([t.get("launcher_exit_ms") for t in trials]),
             }
             out["contestants"][key] = entry
@@ -310,8 +321,10 @@ def _teardown_trial(bench, key, lc, argv, n, cap, settle):
             result["error"] = f"job never ready; {bench.log_tail()}"
             return result
         main_pid = int(line.split()[1])
-        present = bl.cg_pids(trial.cg)
-        result["processes_before"] = len(present)
+        result["processes_before"] = len(bl.cg_pids(trial.cg))
+        if result["processes_before"] < n:
+            result["error"] = f"only {result['processes_before']} of {n} processes in the trial cgroup"
+            return result
         ev = bl.Events(trial.cg)
         try:
             poller = select.poll()
@@ -348,7 +361,7 @@ def _teardown_trial(bench, key, lc, argv, n, cap, settle):
             left = [p for p in left if p != trial.pid]
         result["survivors"] = len(left)
         result["launcher_exit_ms"] = None if t_exit is None else t_exit * 1000
-        result["launcher_hung"] = t_exit is None
+        result["launcher_hung"] = t_exit is None and lc is not None and lc.supervisor
         return result
     finally:
         trial.finish()
@@ -357,31 +370,50 @@ def _teardown_trial(bench, key, lc, argv, n, cap, settle):
 # -- 5. short-lived orphans ----------------------------------------------------------
 
 def orphans(bench):
-    """Wall time of a job that makes COUNT orphans, relative to bare; peak zombies held."""
+    """Wall time of a job that makes COUNT orphans, relative to bare; peak zombies held.
+
+    Orphans that a contestant does not adopt (bare, and any launcher that is not
+    a subreaper) come to the bench, which is a subreaper itself.  The bench then
+    plays the part of init on a normal machine and reaps them as they arrive
+    (woken by SIGCHLD), so `bare` is a fair floor: letting thousands of zombies
+    pile up under the bench would slow the job down and flatter everyone else.
+    How many orphans each contestant let go of is reported as "orphans lost".
+    """
     cfg = bench.cfg
     count = cfg["orphans"]
-    job = [bench.python, ORPHANS, str(count)]
+    job = [bench.python, ORPHANS, str(count), "--batch", str(cfg["orphans_batch"])]
     contestants = bench.launchers
     walls = {lc.key: [] for lc in contestants}
     escaped = {lc.key: [] for lc in contestants}
     peaks = {lc.key: [] for lc in contestants}
     sample_all = cfg["orphans_sample_in_timing"]
-    for rep in range(cfg["orphans_reps"]):
-        for lc in rotate(contestants, rep):
-            r = _orphans_trial(bench, lc, lc.argv(job, cfg["grace"]), sample=sample_all)
-            walls[lc.key].append(r.get("wall_ms"))
-            escaped[lc.key].append(r.get("escaped"))
-            if sample_all:
-                peaks[lc.key].append(r.get("peak_zombies"))
-            bench.say(f"orphans rep {rep + 1}: {lc.key}: {r.get('wall_ms') or 0:.0f} ms")
-    if not sample_all:
-        # Sampling costs CPU on a small machine, so zombies get a pass of their own.
-        for lc in contestants:
-            if lc.supervisor:
-                r = _orphans_trial(bench, lc, lc.argv(job, cfg["grace"]), sample=True)
-                peaks[lc.key].append(r.get("peak_zombies"))
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_handler = signal.signal(signal.SIGCHLD, lambda s, f: None)
+    old_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    try:
+        for rep in range(cfg["orphans_reps"]):
+            for lc in rotate(contestants, rep):
+                r = _orphans_trial(bench, lc, lc.argv(job, cfg["grace"]), wake_r, sample=sample_all)
+                walls[lc.key].append(r.get("wall_ms"))
+                escaped[lc.key].append(r.get("escaped"))
+                if sample_all:
+                    peaks[lc.key].append(r.get("peak_zombies"))
+                bench.say(f"orphans rep {rep + 1}: {lc.key}: " + (
+                    f"{r['wall_ms']:.0f} ms" if r.get("wall_ms") else r.get("error", "?")))
+        if not sample_all:
+            # Sampling costs CPU on a small machine, so zombies get a pass of their own.
+            for lc in contestants:
+                if lc.supervisor:
+                    r = _orphans_trial(bench, lc, lc.argv(job, cfg["grace"]), wake_r, sample=True)
+                    peaks[lc.key].append(r.get("peak_zombies"))
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        signal.signal(signal.SIGCHLD, old_handler)
+        os.close(wake_r)
+        os.close(wake_w)
     base = median(walls.get("bare", []))
-    res = {"count": count, "reps": cfg["orphans_reps"], "sample_interval_ms": cfg["zombie_sample_ms"],
+    res = {"count": count, "batch": cfg["orphans_batch"], "reps": cfg["orphans_reps"],
+           "sample_interval_ms": cfg["zombie_sample_ms"],
            "contestants": {}}
     for lc in contestants:
         med = median(walls[lc.key])
@@ -394,33 +426,62 @@ def orphans(bench):
     return res
 
 
-def _orphans_trial(bench, lc, argv, sample):
+def _reap_adopted(bench):
+    """Reap exited children of the bench that it did not start; return how many."""
+    n = 0
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return n
+        if info is None or info.si_pid in bench.live:
+            return n        # nothing, or the contestant itself: the trial is ending
+        try:
+            os.waitpid(info.si_pid, 0)
+            n += 1
+        except ChildProcessError:
+            pass
+
+
+def _orphans_trial(bench, lc, argv, wake_r, sample):
     t0 = time.monotonic()
     trial = Trial(bench, f"orph-{lc.key}", argv)
     result = {}
+    adopted = 0
     try:
         peak = 0
         interval = bench.cfg["zombie_sample_ms"] / 1000
         deadline = t0 + bench.cfg["orphans_timeout"]
+        poller = select.poll()
+        poller.register(trial.pidfd, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 result["error"] = "timed out"
                 return result
-            if select.select([trial.pidfd], [], [], min(left, interval) if sample else left)[0]:
+            events = dict(poller.poll((min(left, interval) if sample else left) * 1000))
+            if wake_r in events:
+                try:
+                    while os.read(wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                adopted += _reap_adopted(bench)
+            if trial.pidfd in events:
                 break
             if sample and lc.supervisor:
                 peak = max(peak, _zombies_of(trial.pid))
         result["wall_ms"] = (time.monotonic() - t0) * 1000
         if sample and lc.supervisor:
             result["peak_zombies"] = peak
-        out = trial.lines.wait_for("done", 5)
-        if out is None:
+        if trial.lines.wait_for("done", 5) is None:
             result["error"] = f"job did not finish; {bench.log_tail()}"
             result["wall_ms"] = None
-        # Orphans adopted by the bench (its subreaper) escaped the supervisor.
         trial.proc.wait()
-        result["escaped"] = bl.reap_strays(bench.live)
+        bench.live.discard(trial.pid)
+        # Those reaped during the trial plus those still to come all escaped.
+        result["escaped"] = adopted + bl.reap_strays(bench.live)
         return result
     finally:
         trial.finish()
@@ -494,7 +555,17 @@ ALIASES = {"rss": "idle", "idle": "idle", "startup": "startup", "teardown": "tea
            "orphans": "orphans", "signal": "signal", "signals": "signal"}
 
 
+def warm(bench):
+    """Run every contestant once, so each Python one finds its byte-code cached."""
+    argvs = [[bench.python, "-c", "pass"], [bench.python, "-c", "import signal, subprocess"]]
+    argvs += [lc.argv([bench.true], bench.cfg["grace"]) for lc in bench.supervised()]
+    for argv in argvs:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, env=bench.env, start_new_session=True, timeout=60)
+
+
 def run_selected(bench, names):
+    warm(bench)
     results = {}
     for name in names:
         bench.say(f"--- {name}")

@@ -22,7 +22,7 @@ import sys
 def main():
     args = sys.argv[1:]
     count = int(args[0])
-    batch = int(args[args.index("--batch") + 1]) if "--batch" in args else 50
+    batch = int(args[args.index("--batch") + 1]) if "--batch" in args else 25
     if not 1 <= count <= 20000 or batch < 1:
         sys.exit("orphans: COUNT must be between 1 and 20000, BATCH >= 1")
     made = 0

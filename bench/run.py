@@ -41,14 +41,14 @@ import benchlib as bl  # noqa: E402
 
 METRIC_ORDER = ("startup", "idle", "teardown", "orphans", "signal")
 
-FULL = {"startup_runs": 40, "startup_warmup": 3, "idle_window": 10.0, "idle_settle": 1.0,
+FULL = {"startup_runs": 60, "startup_warmup": 3, "idle_window": 10.0, "idle_settle": 1.0,
         "sizes": [100, 1000], "teardown_reps": 3, "grace": 1.0, "cap_extra": 2.0, "settle": 0.5,
-        "build_timeout": 60.0, "orphans": 5000, "orphans_reps": 3,
+        "build_timeout": 60.0, "orphans": 5000, "orphans_batch": 25, "orphans_reps": 5,
         "orphans_sample_in_timing": False, "zombie_sample_ms": 5, "orphans_timeout": 120.0,
-        "signal_runs": 200, "signal_warmup": 10}
+        "signal_runs": 1000, "signal_warmup": 20}
 QUICK = dict(FULL, startup_runs=10, startup_warmup=1, idle_window=3.0, idle_settle=0.5,
              teardown_reps=1, grace=0.5, cap_extra=1.0, settle=0.3, orphans_reps=1,
-             orphans_sample_in_timing=True, signal_runs=50, signal_warmup=5)
+             orphans_sample_in_timing=True, signal_runs=200, signal_warmup=10)
 
 
 def parse_args(argv):
@@ -126,10 +126,13 @@ def keeper(argv):
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--_driver", root, tmp]
                                 + argv, preexec_fn=lambda: bl.cg_join(join))
         rc = proc.wait()
+        if rc < 0:
+            sys.stderr.write(f"bench: the driver died of signal {-rc}\n")
+            rc = 128 - rc
     except (KeyboardInterrupt, Interrupted):
         rc = 130
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)    # the driver turns it into KeyboardInterrupt
             try:
                 proc.wait(timeout=10)
             except (subprocess.TimeoutExpired, KeyboardInterrupt, Interrupted):
@@ -173,6 +176,11 @@ def machine(python, tools, cgroot):
                     info["os"] = line.split("=", 1)[1].strip().strip('"')
     except OSError:
         pass
+    try:
+        with open("/proc/loadavg") as f:
+            info["loadavg_at_start"] = f.read().split()[:3]
+    except OSError:
+        pass
     v1 = False
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -199,12 +207,12 @@ def driver(args):
         sys.stderr.write(f"bench: reaper does not run as {shlex.join(reaper_cmd)}: "
                          f"{check.stdout.decode(errors='replace').strip()}\n")
         return 2
-    bench = M.Bench(root, tmp, args.cfg, contestants, python)
+    bench = M.Bench(root, tmp, args.cfg, contestants, python, reaper_cmd)
     for key, why in skipped.items():
         bench.note(f"{key} skipped: {why}")
     bench.say(f"reaper: {shlex.join(reaper_cmd)}; python: {python}; metrics: {', '.join(args.metrics)}")
     doc = {"bench_version": 1,
-           "machine": machine(python, L.versions(contestants, python, reaper_cmd), root),
+           "machine": machine(python, L.versions(python, reaper_cmd), root),
            "config": dict(args.cfg, reaper=reaper_cmd, metrics=args.metrics,
                           pycache="private PYTHONPYCACHEPREFIX, warmed before timing"),
            "contestants": {lc.key: {"label": lc.label, "argv_prefix": lc.prefix(args.cfg["grace"]),
@@ -214,6 +222,11 @@ def driver(args):
         doc["metrics"] = M.run_selected(bench, args.metrics)
     finally:
         os.close(bench.log_fd)
+    try:
+        with open("/proc/loadavg") as f:
+            doc["machine"]["loadavg_at_end"] = f.read().split()[:3]
+    except OSError:
+        pass
     doc["targets"] = report.targets(doc)
     doc["notes"] = bench.notes
     doc["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -231,6 +244,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args._driver:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             return driver(args)
         except KeyboardInterrupt:
