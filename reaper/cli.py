@@ -246,6 +246,9 @@ def report(error):
 
 def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
+    if os.getpid() == 1:
+        from reaper import early
+        early.catch()
     try:
         if not args:
             raise ReaperError("no command given (reaper exec|doctor|gc; see reaper --help)")

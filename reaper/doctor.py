@@ -327,7 +327,7 @@ def render(info):
         ("pid 1", f"{_yes(info['pid1'])} (pid {info['pid']})"),
         ("cgroup2 mount", info["cgroup2_mount"] or "none"),
         ("cgroup layout", info["cgroup_layout"] + LAYOUTS.get(info["cgroup_layout"], "")),
-        ("cgroup2 read-only", _yes(info["cgroup2_read_only"])),
+        ("cgroup2 read-only", _yes(info["cgroup2_read_only"]) if info["cgroup2_mount"] else "n/a"),
         ("own cgroup", info["own_cgroup"] or "unknown"),
         ("job cgroup parent", parent),
         ("parent writable", _yes(info["cgroup_parent_writable"])),

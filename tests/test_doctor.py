@@ -30,6 +30,7 @@ KEYS = {
     "max_user_namespaces", "unprivileged_userns_clone",
     "user_namespaces", "user_namespaces_detail", "pid_namespaces", "pid_namespaces_detail",
     "auto_containment", "auto_problem", "auto_reason", "stop_method",
+    "proc_usable", "job_sees_reaper",
 }
 DOCTOR = [sys.executable, "-m", "reaper", "doctor"]
 
@@ -105,6 +106,7 @@ def test_json_matches_the_kernels_view_of_this_process():
     assert info["subreaper"] is True
     assert info["pidfd"] is True
     assert info["cgroup_kill_disabled"] is False
+    assert info["proc_usable"] is True and info["job_sees_reaper"] is True
     if mount is None:
         assert info["auto_containment"] == "pgroup"
         return
