@@ -1,6 +1,6 @@
 """Build-time part of the packaging (the metadata is in pyproject.toml).
 
-reaper._clone3 (reaper/_clone3.c) is compiled here, with the C compiler that
+reaper._linux (reaper/_linux.c) is compiled here, with the C compiler that
 python-prctl needs anyway: clone3(CLONE_INTO_CGROUP) without ctypes (see
 reaper/spawn.py).  Without the Python headers gcc would fail on
 `#include <Python.h>` and name no package; say which one instead.
@@ -24,5 +24,5 @@ class BuildExt(build_ext):
         super().run()
 
 
-setup(ext_modules=[Extension("reaper._clone3", ["reaper/_clone3.c"])],
+setup(ext_modules=[Extension("reaper._linux", ["reaper/_linux.c"])],
       cmdclass={"build_ext": BuildExt})

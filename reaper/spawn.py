@@ -6,7 +6,7 @@ fork).  Best is to be born there: clone3(CLONE_INTO_CGROUP) (Linux >= 5.7).
 Writing cgroup.procs instead takes cgroup_threadgroup_rwsem for writing, which
 waits for an RCU grace period: 8-12 ms on the development machine, against
 well under 1 ms for clone3.  Python has no clone3: reaper's own C extension
-reaper._clone3 (reaper/_clone3.c, built at install time) calls it with
+reaper._linux (reaper/_linux.c, built at install time) calls it with
 CPython's fork hooks around it, like os.fork().  Where the extension is missing
 (a checkout run from PYTHONPATH) or REAPER_CLONE3_CTYPES is set, clone3 is
 called through ctypes instead (~2 ms of imports, cgroup mode only).  Either
@@ -24,10 +24,13 @@ kernel has no pidfds (< 5.3).  The caller owns it (close-on-exec).
 The rest of the set-up happens in the child between fork and exec too: it
 starts its own session, or at a terminal its own process group which it makes
 the foreground one, asks for PR_SET_PDEATHSIG, restores the signal state reaper
-changed, and execs.  The PATH search is done here, not by os.execvp: that one
-imports `warnings` (~1 ms, in the child, on the critical path of every start)
-just to silence a BytesWarning.  The parent lists the candidates before fork;
-the child tries them in order with execv(), with execvp's error rules.
+changed, and execs.  prctl() comes from the same extension where it is built
+(python-prctl's _prctl links libcap and costs ~0.3 ms more to import), else
+from python-prctl; the supervisor uses it too.  The PATH search is done here,
+not by os.execvp: that one imports `warnings` (~1 ms, in the child, on the
+critical path of every start) just to silence a BytesWarning.  The parent
+lists the candidates before fork; the child tries them in order with execv(),
+with execvp's error rules.
 
 subprocess is deliberately not used: importing it costs ~15 ms, and its
 Popen.wait() would compete with the supervisor's waitpid(-1) for exit statuses.
@@ -43,13 +46,18 @@ import errno
 import os
 import _signal
 
-import _prctl
+try:
+    from reaper._linux import prctl     # reaper's C extension: no libcap, ~0.3 ms less
+except ImportError:
+    from _prctl import prctl            # python-prctl
 
 from reaper.errors import EXIT_FAILURE, EXIT_NOEXEC, EXIT_NOTFOUND, ReaperError
 
 ALL_SIGNALS = _signal.valid_signals()
 
 
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 CLONE_INTO_CGROUP = 0x200000000
 CLONE_PIDFD = 0x1000
 SYS_CLONE3 = 435        # the same number on every architecture (unified table)
@@ -63,7 +71,7 @@ def clone3_backend():
         return None
     if not os.environ.get("REAPER_CLONE3_CTYPES"):
         try:
-            from reaper import _clone3  # noqa: F401
+            from reaper import _linux  # noqa: F401
             return "extension"
         except ImportError:
             pass
@@ -81,8 +89,8 @@ def _clone_into_cgroup(cgroup_fd, want_pidfd):
         return None
     try:
         if backend == "extension":
-            from reaper import _clone3
-            return _clone3.clone_into_cgroup(cgroup_fd, want_pidfd)
+            from reaper import _linux
+            return _linux.clone_into_cgroup(cgroup_fd, want_pidfd)
         return _clone_ctypes(cgroup_fd, want_pidfd)
     except OSError as e:
         if e.errno in CLONE3_UNSUPPORTED:
@@ -228,7 +236,7 @@ def _child(argv, candidates, wfd, parent, old_mask, cgroup_procs, tty_fd, foregr
                 _signal.signal(_signal.SIGTTOU, old)
         stage = "pdeathsig"
         if pdeathsig:
-            _prctl.prctl(_prctl.PR_SET_PDEATHSIG, pdeathsig)
+            prctl(PR_SET_PDEATHSIG, pdeathsig)
             # reaper died before we asked?  (In a new pid namespace the
             # parent is outside it and getppid() is 0: nothing to compare.)
             if os.getppid() not in (parent, 0):

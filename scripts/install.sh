@@ -4,7 +4,7 @@
 #
 # The venv is built from Debian's /usr/bin/python3 under /opt, world-readable,
 # so tests can also run reaper as an unprivileged user (setpriv). python-prctl
-# has no wheels and reaper has a small C extension (reaper/_clone3.c): both
+# has no wheels and reaper has a small C extension (reaper/_linux.c): both
 # compile against the Python headers (python3-dev), python-prctl also against
 # libcap's (libcap-dev); hence gcc.  --use-pep517 builds python-prctl as a
 # wheel (no "legacy setup.py install" deprecation warning; measured no slower).

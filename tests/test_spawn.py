@@ -1,7 +1,7 @@
 """spawn(): the job's first process is born in its cgroup, by either clone3 path; pidfds; PATH search.
 
 clone3(CLONE_INTO_CGROUP) is reached through reaper's C extension
-(reaper/_clone3.c) or, where it is missing or REAPER_CLONE3_CTYPES is set,
+(reaper/_linux.c) or, where it is missing or REAPER_CLONE3_CTYPES is set,
 through ctypes.  Both are run here for real: the extension is compiled once
 per session into a copy of the package (as an install would), the checkout
 itself (PYTHONPATH) has none, and the switch forces ctypes.  Birth in the
@@ -26,16 +26,16 @@ SPAWNER = os.path.join(HELPERS, "spawner.py")
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
-    """A copy of the package with reaper._clone3 compiled next to it."""
+    """A copy of the package with reaper._linux compiled next to it."""
     include = sysconfig.get_paths()["include"]
     if shutil.which("gcc") is None or not os.path.exists(os.path.join(include, "Python.h")):
         pytest.skip("needs gcc and the Python headers (apt-get install gcc python3-dev)")
     base = tmp_path_factory.mktemp("built")
     shutil.copytree(os.path.join(ROOT, "reaper"), base / "reaper",
                     ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-    target = base / "reaper" / ("_clone3" + sysconfig.get_config_var("EXT_SUFFIX"))
+    target = base / "reaper" / ("_linux" + sysconfig.get_config_var("EXT_SUFFIX"))
     subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", f"-I{include}",
-                    str(base / "reaper" / "_clone3.c"), "-o", str(target)],
+                    str(base / "reaper" / "_linux.c"), "-o", str(target)],
                    check=True, timeout=120)
     return str(base)
 
@@ -88,7 +88,7 @@ def test_the_job_is_born_in_its_cgroup(sandbox, built, job, tmp_path, backend, w
 def test_without_the_extension_ctypes_is_used(sandbox, job, tmp_path):
     r = run_spawner(sandbox, {"argv": ["sh", "-c", f"grep ^0:: /proc/self/cgroup > {tmp_path / 'cgroup'}"],
                               "job": job, "procs": False, "pidfd": True}, pythonpath=None)
-    if os.path.exists(os.path.join(ROOT, "reaper", "_clone3" + sysconfig.get_config_var("EXT_SUFFIX"))):
+    if os.path.exists(os.path.join(ROOT, "reaper", "_linux" + sysconfig.get_config_var("EXT_SUFFIX"))):
         pytest.skip("the checkout has a built extension (build_ext --inplace)")
     assert r["backend"] == "ctypes"
     assert r["status"] == 0 and r["pidfd_readable"] is True

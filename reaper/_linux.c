@@ -1,11 +1,17 @@
 /*
- * reaper._clone3: clone3(2) with CLONE_INTO_CGROUP (and CLONE_PIDFD), as fork().
+ * reaper._linux: the two Linux calls on reaper's start-up path that Python lacks.
  *
  * Why a C extension: Python has no clone3, and reaching it through ctypes
  * costs ~2 ms of imports (ctypes, _ctypes, struct) and ~0.7 MiB of RSS on
- * every `reaper exec` in cgroup mode.  This module is a few hundred bytes of
- * code built at install time with the compiler python-prctl already needs;
- * reaper.spawn keeps the ctypes path as the fallback when it is missing.
+ * every `reaper exec` in cgroup mode; python-prctl's _prctl costs ~0.3-0.4 ms
+ * to import (it links libcap) for two prctl(2) calls.  This module is a few
+ * hundred bytes of code built at install time with the compiler python-prctl
+ * already needs; reaper.spawn falls back to ctypes (clone3) and _prctl
+ * (prctl) when it is missing, e.g. in a checkout run from PYTHONPATH.
+ *
+ * prctl(option, arg2) calls prctl(option, arg2, 0, 0, 0) and returns its
+ * result (for the "set" options reaper uses: PR_SET_CHILD_SUBREAPER,
+ * PR_SET_PDEATHSIG); OSError with errno on failure.
  *
  * clone_into_cgroup(cgroup_fd, want_pidfd) behaves like os.fork(): it runs
  * CPython's fork hooks (PyOS_BeforeFork / PyOS_AfterFork_Parent /
@@ -31,6 +37,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -91,23 +98,40 @@ clone_into_cgroup(PyObject *module, PyObject *args)
     return Py_BuildValue("(li)", pid, want_pidfd ? pidfd : -1);
 }
 
+static PyObject *
+reaper_prctl(PyObject *module, PyObject *args)
+{
+    int option;
+    unsigned long arg2 = 0;
+    int r;
+
+    if (!PyArg_ParseTuple(args, "i|k:prctl", &option, &arg2))
+        return NULL;
+    r = prctl(option, arg2, 0UL, 0UL, 0UL);
+    if (r < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(r);
+}
+
 static PyMethodDef methods[] = {
     {"clone_into_cgroup", clone_into_cgroup, METH_VARARGS,
      "clone_into_cgroup(cgroup_fd, want_pidfd=False) -> (pid, pidfd)\n\n"
      "fork() whose child is born in the cgroup open at cgroup_fd (clone3,\n"
      "CLONE_INTO_CGROUP); with want_pidfd also CLONE_PIDFD.  The child gets\n"
      "(0, -1); the parent (pid, pidfd or -1).  OSError on failure."},
+    {"prctl", reaper_prctl, METH_VARARGS,
+     "prctl(option, arg2=0) -> int\n\nprctl(option, arg2, 0, 0, 0); OSError on failure."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "reaper._clone3",
-    "clone3(CLONE_INTO_CGROUP | CLONE_PIDFD) as fork(); see reaper/_clone3.c.",
+    PyModuleDef_HEAD_INIT, "reaper._linux",
+    "clone3(CLONE_INTO_CGROUP | CLONE_PIDFD) as fork(), and prctl(); see reaper/_linux.c.",
     -1, methods,
 };
 
 PyMODINIT_FUNC
-PyInit__clone3(void)
+PyInit__linux(void)
 {
     return PyModule_Create(&module);
 }
