@@ -221,7 +221,7 @@ def markdown(doc):
     if td:
         reps = sorted({sc.get("reps", td["reps"]) for sc in td["scenarios"].values()}, reverse=True)
         lines.append(f"Teardown, all sizes (grace {td['grace_s']:g} s; cap {td['cap_s']:g} s + 1 s "
-                     f"per 2,000 processes; median of {' or '.join(map(str, reps))} runs; `left` = job "
+                     f"per 1,000 processes; median of {' or '.join(map(str, reps))} runs; `left` = job "
                      f"processes alive after the cap; `—` = not run at that size):")
         lines.append("")
         names = list(td["scenarios"])

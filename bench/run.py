@@ -42,7 +42,7 @@ import benchlib as bl  # noqa: E402
 METRIC_ORDER = ("startup", "idle", "teardown", "orphans", "signal")
 
 FULL = {"startup_runs": 60, "startup_warmup": 3, "idle_window": 10.0, "idle_settle": 1.0,
-        "sizes": [100, 1000, 10000], "big_n": 5000, "big_reps": 2, "teardown_reps": 3, "grace": 1.0, "cap_extra": 2.0, "settle": 0.5,
+        "sizes": [100, 1000, 10000], "big_n": 5000, "big_reps": 1, "teardown_reps": 3, "grace": 1.0, "cap_extra": 2.0, "settle": 0.5,
         "build_timeout": 60.0, "orphans": 5000, "orphans_batch": 25, "orphans_reps": 5,
         "orphans_sample_in_timing": False, "zombie_sample_ms": 5, "orphans_timeout": 120.0,
         "signal_runs": 1000, "signal_warmup": 20}
