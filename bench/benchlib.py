@@ -129,6 +129,32 @@ class Events:
         os.close(self.fd)
 
 
+def cg_enable_pids(path):
+    """Give the children of `path` the pids controller (pids.max), if cgroup v2 has it here.
+
+    Hybrid hosts often keep pids on cgroup v1 only; then nothing is enabled and
+    the bench's bound on a trial is forktree's own limit on N.  `path` must hold
+    no processes itself (cgroup v2's no-internal-process rule).
+    """
+    try:
+        with open(os.path.join(path, "cgroup.controllers")) as f:
+            if "pids" not in f.read().split():
+                return False
+        cg_write(os.path.join(path, "cgroup.subtree_control"), b"+pids")
+        return True
+    except OSError:
+        return False
+
+
+def cg_limit_pids(path, n):
+    """Cap the number of tasks in `path` (and below) at n, where pids.max exists."""
+    limit = os.path.join(path, "pids.max")
+    if not os.path.exists(limit):
+        return False
+    cg_write(limit, str(n).encode())
+    return True
+
+
 def has_cgroup_kill(path):
     return os.path.exists(os.path.join(path, "cgroup.kill"))
 

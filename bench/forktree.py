@@ -15,7 +15,7 @@ N processes exist.  Then everything waits in pause() until killed.
 
 Python's fork is used rather than exec'ing a small binary so that no extra
 binary is needed; the children touch almost no memory, so 1,000 of them are
-cheap.  Children never return into the interpreter's normal shutdown: they
+cheap (10,000 of them take ~1-2 GiB).  Children never return into the interpreter's normal shutdown: they
 either pause forever or leave with os._exit.
 
 usage: forktree.py N [--ignore-every K] [--main-ignores-term]
@@ -24,6 +24,11 @@ usage: forktree.py N [--ignore-every K] [--main-ignores-term]
 import os
 import signal
 import sys
+
+# The bound on what one trial may fork (the bench's cgroup also gets pids.max
+# where the pids controller is on cgroup v2): 10,000 is ~30% of the default
+# pid_max of 32768, and ~1-2 GiB of memory for the copies of the interpreter.
+MAX_N = 10000
 
 
 def settle(ignore_term, ready_w, ready_r):
@@ -45,8 +50,8 @@ def main():
     total = int(args[0])
     ignore_every = int(args[args.index("--ignore-every") + 1]) if "--ignore-every" in args else 0
     main_ignores = "--main-ignores-term" in args
-    if not 1 <= total <= 5000:
-        sys.exit("forktree: N must be between 1 and 5000")
+    if not 1 <= total <= MAX_N:
+        sys.exit(f"forktree: N must be between 1 and {MAX_N}")
     ready_r, ready_w = os.pipe()
     for i in range(1, total):
         ignore = bool(ignore_every) and i % ignore_every == 0

@@ -42,11 +42,11 @@ import benchlib as bl  # noqa: E402
 METRIC_ORDER = ("startup", "idle", "teardown", "orphans", "signal")
 
 FULL = {"startup_runs": 60, "startup_warmup": 3, "idle_window": 10.0, "idle_settle": 1.0,
-        "sizes": [100, 1000], "teardown_reps": 3, "grace": 1.0, "cap_extra": 2.0, "settle": 0.5,
+        "sizes": [100, 1000, 10000], "big_n": 5000, "big_reps": 1, "teardown_reps": 3, "grace": 1.0, "cap_extra": 2.0, "settle": 0.5,
         "build_timeout": 60.0, "orphans": 5000, "orphans_batch": 25, "orphans_reps": 5,
         "orphans_sample_in_timing": False, "zombie_sample_ms": 5, "orphans_timeout": 120.0,
         "signal_runs": 1000, "signal_warmup": 20}
-QUICK = dict(FULL, startup_runs=10, startup_warmup=1, idle_window=3.0, idle_settle=0.5,
+QUICK = dict(FULL, sizes=[100, 1000], startup_runs=10, startup_warmup=1, idle_window=3.0, idle_settle=0.5,
              teardown_reps=1, grace=0.5, cap_extra=1.0, settle=0.3, orphans_reps=1,
              orphans_sample_in_timing=True, signal_runs=200, signal_warmup=10)
 
@@ -60,7 +60,8 @@ def parse_args(argv):
                    "next to this Python, else `python -m reaper`)")
     p.add_argument("--json", default=os.path.join(HERE, "results.json"), help="where to write JSON")
     p.add_argument("--runs", type=int, help="rounds for start-up and signal latency")
-    p.add_argument("--sizes", help="teardown tree sizes, e.g. 100,1000 (max 5000)")
+    p.add_argument("--sizes", help="teardown tree sizes, e.g. 100,1000,10000 (max 10000; sizes "
+                   "above 5000 run reaper and the cgroup.kill floor only)")
     p.add_argument("--reps", type=int, help="repetitions of teardown and orphan trials")
     p.add_argument("--grace", type=float, help="grace period in seconds for teardown")
     p.add_argument("--idle-window", type=float, help="idle measurement window in seconds")
@@ -83,10 +84,10 @@ def parse_args(argv):
         cfg["signal_warmup"] = min(cfg["signal_warmup"], 2)
     if args.sizes:
         cfg["sizes"] = [int(x) for x in args.sizes.split(",")]
-        if not all(2 <= n <= 5000 for n in cfg["sizes"]):
-            p.error("--sizes: each size must be between 2 and 5000")
+        if not all(2 <= n <= 10000 for n in cfg["sizes"]):
+            p.error("--sizes: each size must be between 2 and 10000")
     if args.reps:
-        cfg["teardown_reps"] = cfg["orphans_reps"] = max(1, args.reps)
+        cfg["teardown_reps"] = cfg["orphans_reps"] = cfg["big_reps"] = max(1, args.reps)
     if args.grace is not None:
         cfg["grace"] = max(0.05, args.grace)
     if args.idle_window is not None:
@@ -121,6 +122,7 @@ def keeper(argv):
     rc = 1
     try:
         os.mkdir(root)
+        bl.cg_enable_pids(root)     # trials get pids.max where cgroup v2 has pids
         os.mkdir(os.path.join(root, "driver"))
         join = os.path.join(root, "driver")
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--_driver", root, tmp]
@@ -187,8 +189,17 @@ def machine(python, tools, cgroot):
             if " - cgroup " in line:
                 v1 = True
     info["cgroup"] = {"bench_subtree": cgroot, "layout": "hybrid (v1 + v2)" if v1 else "unified v2",
-                      "cgroup_kill": bl.has_cgroup_kill(cgroot)}
+                      "cgroup_kill": bl.has_cgroup_kill(cgroot),
+                      "pids_max_per_trial": _pids_enabled(cgroot)}
     return info
+
+
+def _pids_enabled(cgroot):
+    try:
+        with open(os.path.join(cgroot, "cgroup.subtree_control")) as f:
+            return "pids" in f.read().split()
+    except OSError:
+        return False
 
 
 def driver(args):

@@ -1,7 +1,5 @@
-"""`python -m reaper`: the same entry point as the `reaper` console script."""
+"""`python -m reaper`: the same entry point as the `reaper` launcher."""
 
-import sys
+from reaper.cli import run
 
-from reaper.cli import main
-
-sys.exit(main())
+run()

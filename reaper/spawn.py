@@ -5,17 +5,32 @@ parent that writes the pid into cgroup.procs afterwards loses to a fast double
 fork).  Best is to be born there: clone3(CLONE_INTO_CGROUP) (Linux >= 5.7).
 Writing cgroup.procs instead takes cgroup_threadgroup_rwsem for writing, which
 waits for an RCU grace period: 8-12 ms on the development machine, against
-well under 1 ms for clone3.  Python has no clone3, so it is called through
-ctypes (~2 ms to import, cgroup mode only) and behaves like fork(): the child
-continues in Python, single-threaded, and execs soon.  Where clone3 is refused
-(kernels < 5.7, seccomp profiles of container runtimes answer ENOSYS) or
-REAPER_NO_CLONE3 is set, the child forks normally and joins by writing "0" to
-cgroup.procs itself, still before exec.
+well under 1 ms for clone3.  Python has no clone3: reaper's own C extension
+reaper._linux (reaper/_linux.c, built at install time) calls it with
+CPython's fork hooks around it, like os.fork().  Where the extension is missing
+(a checkout run from PYTHONPATH) or REAPER_CLONE3_CTYPES is set, clone3 is
+called through ctypes instead (~2 ms of imports, cgroup mode only).  Either
+way the child continues in Python, single-threaded, and execs soon.  Where
+clone3 is refused (kernels < 5.7, seccomp profiles of container runtimes answer
+ENOSYS) or REAPER_NO_CLONE3 is set, the child forks normally and joins by
+writing "0" to cgroup.procs itself, still before exec.
+
+spawn(..., want_pidfd=True) returns (pid, pidfd) instead of pid: the pidfd
+comes from CLONE_PIDFD when the child was cloned by clone3, else from
+pidfd_open(pid) right after fork (safe: the child cannot be reaped before
+spawn returns, so its pid cannot have been reused); it is None where the
+kernel has no pidfds (< 5.3).  The caller owns it (close-on-exec).
 
 The rest of the set-up happens in the child between fork and exec too: it
 starts its own session, or at a terminal its own process group which it makes
 the foreground one, asks for PR_SET_PDEATHSIG, restores the signal state reaper
-changed, and execs.
+changed, and execs.  prctl() comes from the same extension where it is built
+(python-prctl's _prctl links libcap and costs ~0.3 ms more to import), else
+from python-prctl; the supervisor uses it too.  The PATH search is done here,
+not by os.execvp: that one imports `warnings` (~1 ms, in the child, on the
+critical path of every start) just to silence a BytesWarning.  The parent
+lists the candidates before fork; the child tries them in order with execv(),
+with execvp's error rules.
 
 subprocess is deliberately not used: importing it costs ~15 ms, and its
 Popen.wait() would compete with the supervisor's waitpid(-1) for exit statuses.
@@ -31,21 +46,59 @@ import errno
 import os
 import _signal
 
-import _prctl
+try:
+    from reaper._linux import prctl     # reaper's C extension: no libcap, ~0.3 ms less
+except ImportError:
+    from _prctl import prctl            # python-prctl
 
 from reaper.errors import EXIT_FAILURE, EXIT_NOEXEC, EXIT_NOTFOUND, ReaperError
 
 ALL_SIGNALS = _signal.valid_signals()
 
 
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 CLONE_INTO_CGROUP = 0x200000000
+CLONE_PIDFD = 0x1000
 SYS_CLONE3 = 435        # the same number on every architecture (unified table)
+# clone3 answers these where it cannot do what is asked: fork + cgroup.procs instead.
+CLONE3_UNSUPPORTED = (errno.ENOSYS, errno.EPERM, errno.E2BIG, errno.EINVAL)
 
 
-def _clone_into_cgroup(cgroup_fd):
-    """fork(), with the child born inside the cgroup open at `cgroup_fd`; None if unsupported."""
+def clone3_backend():
+    """How clone3 is reached: "extension", "ctypes", or None (REAPER_NO_CLONE3)."""
     if os.environ.get("REAPER_NO_CLONE3"):
         return None
+    if not os.environ.get("REAPER_CLONE3_CTYPES"):
+        try:
+            from reaper import _linux  # noqa: F401
+            return "extension"
+        except ImportError:
+            pass
+    return "ctypes"
+
+
+def _clone_into_cgroup(cgroup_fd, want_pidfd):
+    """fork() with the child born inside the cgroup open at `cgroup_fd`.
+
+    Returns (pid, pidfd or -1), (0, -1) in the child, or None if clone3 cannot
+    do it here (the caller forks instead).
+    """
+    backend = clone3_backend()
+    if backend is None:
+        return None
+    try:
+        if backend == "extension":
+            from reaper import _linux
+            return _linux.clone_into_cgroup(cgroup_fd, want_pidfd)
+        return _clone_ctypes(cgroup_fd, want_pidfd)
+    except OSError as e:
+        if e.errno in CLONE3_UNSUPPORTED:
+            return None
+        raise
+
+
+def _clone_ctypes(cgroup_fd, want_pidfd):
     import ctypes
 
     class CloneArgs(ctypes.Structure):
@@ -53,22 +106,42 @@ def _clone_into_cgroup(cgroup_fd):
             "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack",
             "stack_size", "tls", "set_tid", "set_tid_size", "cgroup")]
 
-    args = CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=_signal.SIGCHLD, cgroup=cgroup_fd)
+    pidfd = ctypes.c_int(-1)
+    flags = CLONE_INTO_CGROUP | (CLONE_PIDFD if want_pidfd else 0)
+    args = CloneArgs(flags=flags, pidfd=ctypes.addressof(pidfd),
+                     exit_signal=_signal.SIGCHLD, cgroup=cgroup_fd)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     pid = libc.syscall(ctypes.c_long(SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
-    if pid >= 0:
-        return pid
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EPERM, errno.E2BIG, errno.EINVAL):
-        return None
-    raise OSError(err, os.strerror(err))
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return pid, (pidfd.value if pid and want_pidfd else -1)
+
+
+def _exec_candidates(cmd):
+    """The paths os.execvp would try for `cmd`, in order (PATH from the environment)."""
+    if "/" in cmd:
+        return [cmd]
+    path = os.environ.get("PATH")
+    dirs = (os.defpath if path is None else path).split(os.pathsep)
+    return [os.path.join(d, cmd) for d in dirs]
+
+
+def _pidfd_of(pid):
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None     # no pidfds here (Python < 3.9, Linux < 5.3, seccomp)
 
 
 def spawn(argv, cgroup_procs=None, cgroup_fd=None, tty_fd=None, foreground=False,
           reset_signals=(), ignored_signals=(), pdeathsig=_signal.SIGKILL,
-          before_exec=None):
+          before_exec=None, want_pidfd=False):
     """Fork and exec `argv`; return the child's pid once exec has succeeded.
+
+    With want_pidfd, return (pid, pidfd) instead: pidfd is a close-on-exec
+    pidfd of the child, owned by the caller, or None where pidfds are missing.
 
     cgroup_fd: the job cgroup's directory, to be born in (clone3).
     cgroup_procs: path of the job cgroup's cgroup.procs, joined before exec
@@ -80,17 +153,21 @@ def spawn(argv, cgroup_procs=None, cgroup_fd=None, tty_fd=None, foreground=False
     before_exec: optional callable run in the child last (e.g. a pid namespace init).
     """
     parent = os.getpid()
+    candidates = _exec_candidates(argv[0]) if argv and argv[0] else [argv[0] if argv else ""]
     try:
         rfd, wfd = os.pipe()
     except OSError as e:
         raise ReaperError(f"cannot create the start-up pipe: {e.strerror} (check ulimit -n)")
     old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, ALL_SIGNALS)
+    pidfd = -1
     try:
-        pid = None if cgroup_fd is None else _clone_into_cgroup(cgroup_fd)
-        if pid is None:
+        cloned = None if cgroup_fd is None else _clone_into_cgroup(cgroup_fd, want_pidfd)
+        if cloned is None:
             pid = os.fork()
-        elif pid == 0:
-            cgroup_procs = None     # born inside the cgroup already
+        else:
+            pid, pidfd = cloned
+            if pid == 0:
+                cgroup_procs = None     # born inside the cgroup already
     except OSError as e:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
         os.close(rfd)
@@ -98,8 +175,10 @@ def spawn(argv, cgroup_procs=None, cgroup_fd=None, tty_fd=None, foreground=False
         raise ReaperError(f"cannot fork: {e.strerror}")
     if pid == 0:
         os.close(rfd)
-        _child(argv, wfd, parent, old_mask, cgroup_procs, tty_fd, foreground,
+        _child(argv, candidates, wfd, parent, old_mask, cgroup_procs, tty_fd, foreground,
                reset_signals, ignored_signals, pdeathsig, before_exec)
+    if want_pidfd and pidfd < 0:
+        pidfd = _pidfd_of(pid)      # the child is un-reaped: its pid is still its own
     _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
     os.close(wfd)
     report = b""
@@ -110,7 +189,9 @@ def spawn(argv, cgroup_procs=None, cgroup_fd=None, tty_fd=None, foreground=False
         report += chunk
     os.close(rfd)
     if not report:
-        return pid
+        return (pid, pidfd) if want_pidfd else pid
+    if pidfd is not None and pidfd >= 0:
+        os.close(pidfd)
     os.waitpid(pid, 0)
     stage, _, err = report.decode().partition(" ")
     raise _failure(stage, int(err), argv[0])
@@ -129,7 +210,7 @@ def _failure(stage, err, cmd):
     return ReaperError(f"cannot start the job ({stage}): {reason}")
 
 
-def _child(argv, wfd, parent, old_mask, cgroup_procs, tty_fd, foreground,
+def _child(argv, candidates, wfd, parent, old_mask, cgroup_procs, tty_fd, foreground,
            reset_signals, ignored_signals, pdeathsig, before_exec):
     stage = "setup"
     try:
@@ -155,7 +236,7 @@ def _child(argv, wfd, parent, old_mask, cgroup_procs, tty_fd, foreground,
                 _signal.signal(_signal.SIGTTOU, old)
         stage = "pdeathsig"
         if pdeathsig:
-            _prctl.prctl(_prctl.PR_SET_PDEATHSIG, pdeathsig)
+            prctl(PR_SET_PDEATHSIG, pdeathsig)
             # reaper died before we asked?  (In a new pid namespace the
             # parent is outside it and getppid() is 0: nothing to compare.)
             if os.getppid() not in (parent, 0):
@@ -165,7 +246,7 @@ def _child(argv, wfd, parent, old_mask, cgroup_procs, tty_fd, foreground,
             stage = "init"
             os._exit(before_exec(wfd))
         stage = "exec"
-        os.execvp(argv[0], argv)
+        _execvp(candidates, argv)
     except BaseException as e:
         # An empty command name raises ValueError before execve(): it is not found.
         err = errno.ENOENT if isinstance(e, ValueError) and stage == "exec" else (
@@ -176,3 +257,18 @@ def _child(argv, wfd, parent, old_mask, cgroup_procs, tty_fd, foreground,
             os.write(wfd, f"{stage} {err}".encode())
         finally:
             os._exit(code)
+
+
+def _execvp(candidates, argv):
+    """execv each candidate in turn; raise what os.execvp would raise."""
+    saved = last = None
+    for path in candidates:
+        try:
+            os.execv(path, argv)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            last = e
+        except OSError as e:
+            last = e
+            if saved is None:
+                saved = e
+    raise saved or last

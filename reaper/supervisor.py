@@ -47,8 +47,6 @@ import select
 import _signal
 import time
 
-import _prctl
-
 from reaper import spawn
 from reaper.errors import EXIT_TIMEOUT, ReaperError
 from reaper.terminal import JOB_CONTROL_STOPS, Terminal
@@ -104,7 +102,7 @@ class Supervisor:
         if self.pid1:
             return      # init of a pid namespace already receives every orphan
         try:
-            _prctl.prctl(_prctl.PR_SET_CHILD_SUBREAPER, 1)
+            spawn.prctl(spawn.PR_SET_CHILD_SUBREAPER, 1)
         except OSError as e:
             raise ReaperError(f"PR_SET_CHILD_SUBREAPER failed ({e.strerror}); is this Linux >= 3.4?")
 

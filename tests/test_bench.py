@@ -76,7 +76,13 @@ def test_bench_runs_and_cleans_up(tmp_path):
         assert "| contestant |" in r.stdout.decode()
     finally:
         left = marked_processes(marker)
-        new_cgroups = bench_cgroups(parent) - before
+        # Other benches may run at the same time: look for this run's own
+        # subtree (named in its JSON), or for any new one if there is no JSON.
+        try:
+            own = os.path.basename(json.loads(out.read_text())["machine"]["cgroup"]["bench_subtree"])
+            new_cgroups = bench_cgroups(parent) & {own}
+        except (OSError, ValueError, KeyError, TypeError):
+            new_cgroups = bench_cgroups(parent) - before
         for pid in left:
             try:
                 os.kill(pid, 9)
