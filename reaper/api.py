@@ -197,16 +197,29 @@ class _Server:
 _server: Optional[_Server] = None
 _server_lock = threading.Lock()
 _live_channels: "weakref.WeakSet[_Channel]" = weakref.WeakSet()
+_atexit_registered = False
+
+
+def _close_server() -> None:
+    """At exit: let the fork server go (EOF) and wait for it, so nothing of ours outlives us."""
+    global _server
+    if _server is not None and _server.owner == os.getpid():
+        _server.close()
+    _server = None
 
 
 def _submit(fds: Sequence[int]) -> None:
-    global _server
+    global _server, _atexit_registered
     with _server_lock:
         for attempt in (1, 2):
             if _server is None or _server.owner != os.getpid() or _server.proc.poll() is not None:
                 if _server is not None and _server.owner == os.getpid():
                     _server.ctl.close()
                 _server = _Server()
+                if not _atexit_registered:
+                    import atexit
+                    atexit.register(_close_server)
+                    _atexit_registered = True
             try:
                 _server.submit(fds)
                 return
@@ -531,10 +544,14 @@ class Job:
         return True
 
     def _reached(self, until: str) -> bool:
+        """'started': the job runs (or failed to start); 'end': its supervisor has exited
+        (EOF after the end event), so when run() returns no process of reaper's is left."""
         chan = self._chan
-        if chan.end is not None or chan.eof:
+        if chan.eof:
             return True
-        return until == "started" and chan.started is not None
+        if until == "started":
+            return chan.started is not None or chan.end is not None
+        return False
 
     def _await_start(self) -> None:
         try:

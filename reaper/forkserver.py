@@ -215,6 +215,19 @@ def _preload():
     from reaper import cli, containment, cgroup, pidns, spawn, supervisor, terminal  # noqa: F401
 
 
+def _recv_fds(sock):
+    """One request and its descriptors, close-on-exec.  (socket.recv_fds ignores its
+    flags argument in CPython 3.11, so MSG_CMSG_CLOEXEC is passed to recvmsg here:
+    without it the job would inherit its own channel and keep it open.)"""
+    msg, ancdata, _, _ = sock.recvmsg(64, socket.CMSG_LEN(4 * 4), socket.MSG_CMSG_CLOEXEC)
+    fds = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += [int.from_bytes(data[i:i + 4], sys.byteorder, signed=True)
+                    for i in range(0, len(data) - len(data) % 4, 4)]
+    return msg, fds
+
+
 def serve(ctl_fd):
     """The server loop: one fork per request, until the caller closes the control socket."""
     ctl = socket.socket(fileno=ctl_fd)
@@ -223,7 +236,7 @@ def serve(ctl_fd):
     _preload()
     while True:
         try:
-            msg, fds, _, _ = socket.recv_fds(ctl, 64, 4, socket.MSG_CMSG_CLOEXEC)
+            msg, fds = _recv_fds(ctl)
         except InterruptedError:
             continue
         except OSError:
