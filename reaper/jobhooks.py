@@ -72,7 +72,7 @@ class ExecHooks:
         fields = {"main_pid": sup.pid, "containment": sup.containment.name, "argv": list(self.argv),
                   "cgroup": job.path if job is not None else None,
                   "cgroup_ino": os.fstat(job.lock_fd).st_ino if job is not None else None,
-                  "ctl": reg.ctl_name, "cwd": _cwd()}
+                  "ctl": reg.ctl_name, "cwd": _cwd(), "grace_s": sup.grace_s}
         try:
             st = registry.proc_stat(sup.pid)
             fields.update(main_starttime=int(st[19]), pgid=int(st[2]), sid=int(st[3]))
@@ -94,7 +94,10 @@ class ExecHooks:
 
     def collected(self, sup):
         if self.accounting is not None:
-            self.accounting.finish(sup)
+            try:
+                self.accounting.finish(sup)
+            except (OSError, ValueError) as e:
+                os.write(2, f"reaper: --stats: cannot read the job's counters: {e}\n".encode(errors="replace"))
 
     # -- called by the CLI ------------------------------------------------
 

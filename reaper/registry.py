@@ -57,7 +57,15 @@ class NameTaken(ReaperError):
 
 
 class Stale(Exception):
-    """An entry whose supervisor is gone (or cannot be verified): never acted upon."""
+    """An entry whose supervisor is gone (or cannot be verified): never acted upon.
+
+    dead: the supervisor has certainly exited (so its cgroup may be collected);
+    False when it merely cannot be verified (another pid namespace, a forged entry).
+    """
+
+    def __init__(self, reason, dead=True):
+        super().__init__(reason)
+        self.dead = dead
 
 
 # -- facts about processes ----------------------------------------------------
@@ -340,6 +348,7 @@ class Job:
         self.lock_key = lock_key
         self.pidfd = None
         self.stale_reason = None
+        self.stale_dead = False
 
     name = property(lambda self: self.entry["name"])
     pid = property(lambda self: self.entry["pid"])
@@ -360,21 +369,21 @@ class Job:
         if e.get("boot_id") != (boot or boot_id()):
             raise Stale("written before the last boot")
         if e.get("pidns") != pidns_id():
-            raise Stale("its supervisor is in another pid namespace")
+            raise Stale("its supervisor is in another pid namespace", dead=False)
         try:
             pidfd = os.pidfd_open(self.pid)
         except ProcessLookupError:
             raise Stale("its supervisor has exited")
         except OSError as e2:
-            raise Stale(f"cannot pin its supervisor: {e2.strerror}")
+            raise Stale(f"cannot pin its supervisor: {e2.strerror}", dead=False)
         try:
             if start_time(self.pid) != e.get("starttime"):
                 raise Stale("its supervisor has exited (pid reused)")
             if real_uid(self.pid) != self.owner:
-                raise Stale("its supervisor runs as another user than the entry's owner")
+                raise Stale("its supervisor runs as another user than the entry's owner", dead=False)
             holders = flock_holders() if holders is None else holders
             if self.pid not in holders.get(self.lock_key, ()):
-                raise Stale("its supervisor does not hold the name lock")
+                raise Stale("its supervisor does not hold the name lock", dead=False)
         except (OSError, ValueError, IndexError):
             os.close(pidfd)
             raise Stale("its supervisor has exited")
@@ -460,6 +469,7 @@ def scan(include_stale=False, problems=None):
                     job.pin(holders, boot)
                 except Stale as s:
                     job.stale_reason = str(s)
+                    job.stale_dead = s.dead
                     if not include_stale:
                         continue
                 jobs.append(job)

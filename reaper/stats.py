@@ -92,7 +92,8 @@ class Accounting:
 
     def finish(self, sup):
         wall = time.monotonic() - self.t0
-        ru = os.getrusage(os.RUSAGE_CHILDREN)
+        import resource
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         cg = read_cgroup(self.cgroup) if self.cgroup else {}
         doc = {"wall_s": round(wall, 6)}
         if cg.get("cpu_user_s") is not None:
