@@ -112,16 +112,10 @@ class CgroupJobs:
 
     def _rescue_api_server(self, path: str) -> None:
         """reaper's own fork server (reaper.api) outlives tests by design: keep it in the runner."""
-        import sys
-        api = sys.modules.get("reaper.api")
-        server = getattr(api, "_server", None)
-        proc = getattr(server, "proc", None)
-        if proc is None or proc.pid not in _cgroup_pids(path):
+        pid = _api_server_pid()
+        if pid is None or pid not in _cgroup_pids(path):
             return
-        try:
-            _write(os.path.join(self.runner, "cgroup.procs"), str(proc.pid))
-        except OSError:
-            pass
+        _write(os.path.join(self.runner, "cgroup.procs"), str(pid))
 
     def close(self) -> None:
         from reaper import cgroup
@@ -152,7 +146,9 @@ class TreeJobs:
 
     def leave(self) -> List[Tuple[int, str]]:
         import signal
-        new = [key for key in _descendants(os.getpid()) if key not in self.before]
+        server = _api_server_pid()
+        new = [key for key in _descendants(os.getpid())
+               if key not in self.before and key[0] != server]
         _reap_zombies()
         leaked = [(pid, _cmdline(pid)) for pid, _ in new if _state(pid) not in ("Z", None)]
         if not leaked:
@@ -184,6 +180,15 @@ class TreeJobs:
 
     def close(self) -> None:
         pass
+
+
+def _api_server_pid() -> Optional[int]:
+    """The pid of reaper.api's fork server in this process, if one was started."""
+    import sys
+    api = sys.modules.get("reaper.api")
+    server = getattr(api, "_server", None)
+    proc = getattr(server, "proc", None)
+    return None if proc is None or server.owner != os.getpid() else proc.pid
 
 
 def _cgroup_pids(path: str) -> List[int]:
