@@ -325,8 +325,10 @@ def trusted_cgroup(job):
 
 
 def gc_registry():
-    """Collect the cgroups of registered jobs whose supervisor is dead; drop their entries."""
-    removed = []
+    """Collect the cgroups of registered jobs whose supervisor is dead; drop their entries.
+
+    Returns (cgroup paths removed, registry entries removed)."""
+    removed, entries = [], []
     for job in registry.scan(include_stale=True):
         if job.alive:
             job.close()
@@ -338,8 +340,8 @@ def gc_registry():
             if cgroup.remove_tree(job.cgroup):
                 removed.append(job.cgroup)
         if registry.remove_stale(job):
-            removed.append(f"registry entry {job.name!r} ({os.path.join(job.dir_path, job.name)}.json)")
-    return removed
+            entries.append(f"registry entry {os.path.join(job.dir_path, job.name)}.json ({job.stale_reason})")
+    return removed, entries
 
 
 COMMANDS = {"ls": cmd_ls, "ps": cmd_ps, "ports": cmd_ports, "stats": cmd_stats, "kill": cmd_kill}

@@ -451,8 +451,8 @@ def scan(include_stale=False, problems=None):
         except FileNotFoundError:
             continue
         except (ReaperError, OSError) as e:
-            if problems is None and owner == own_uid:
-                raise
+            if owner == own_uid:
+                raise       # one's own registry must be sound; others' are reported
             if problems is not None:
                 problems.append(str(e))
             continue

@@ -194,6 +194,11 @@ def sandbox(cg_root, request, tmp_path):
     path = os.path.join(cg_root, f"{name}.{uuid.uuid4().hex[:6]}")
     os.mkdir(path)
     box = Sandbox(path, tmp_path)
+    # A job registry of the test's own (reaper.registry: BASE/<uid>/), sticky
+    # and world-writable like /tmp so that `nobody` can make its own there.
+    box.registry = tempfile.mkdtemp(prefix=f"reaper-registry-{MARKER}-")
+    os.chmod(box.registry, 0o1777)
+    box.env["REAPER_REGISTRY"] = box.registry
     failed_before = request.session.testsfailed
     try:
         yield box
@@ -206,6 +211,7 @@ def sandbox(cg_root, request, tmp_path):
         leaked_dirs = [d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))]
         box.kill_all()
         cg_destroy(path)
+        shutil.rmtree(box.registry, ignore_errors=True)
         if request.session.testsfailed == failed_before:
             assert not leaked, f"test leaked processes: {leaked}"
             assert not leaked_dirs, f"test leaked cgroups: {leaked_dirs}"
