@@ -326,7 +326,7 @@ def _signum(value: Any, what: str) -> int:
     if isinstance(value, str):
         from reaper.cli import parse_signal
         try:
-            return parse_signal(value, what)
+            return int(parse_signal(value, what))
         except ReaperError as e:
             raise UsageError(str(e)) from None
     if isinstance(value, bool) or not isinstance(value, int) or value not in _signal.valid_signals():
@@ -454,7 +454,7 @@ def _collect_abandoned(cgroup_path: Optional[str]) -> bool:
         os.close(fd)
         return False
     try:
-        return cgroup.remove_tree(cgroup_path, wait_s=10.0)
+        return bool(cgroup.remove_tree(cgroup_path, wait_s=10.0))
     finally:
         os.close(fd)
 
@@ -523,7 +523,7 @@ class Job:
 
     def _open(self, target: int, mode: str) -> Optional[IO[bytes]]:
         fd = self._stdio.ours.get(target)
-        return None if fd is None else open(fd, mode, buffering=0)  # type: ignore[return-value]
+        return None if fd is None else open(fd, mode, buffering=0)
 
     # -- waiting on the channel --------------------------------------------------------
 

@@ -36,7 +36,7 @@ import os
 import select
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import pytest
 
@@ -132,10 +132,10 @@ class TreeJobs:
     """Fallback: pytest is a subreaper; a test's leftovers are its new descendants."""
 
     def __init__(self, reason: str) -> None:
-        import _prctl
+        import _prctl  # type: ignore[import-not-found]  # python-prctl ships no stubs
         _prctl.prctl(_prctl.PR_SET_CHILD_SUBREAPER, 1)
         self.reason = reason
-        self.before: set = set()
+        self.before: Set[Tuple[int, int]] = set()
 
     def describe(self) -> str:
         return (f"each test as a process tree below pytest (a subreaper), because {self.reason}; "
@@ -188,7 +188,9 @@ def _api_server_pid() -> Optional[int]:
     api = sys.modules.get("reaper.api")
     server = getattr(api, "_server", None)
     proc = getattr(server, "proc", None)
-    return None if proc is None or server.owner != os.getpid() else proc.pid
+    if proc is None or getattr(server, "owner", None) != os.getpid():
+        return None
+    return int(proc.pid)
 
 
 def _cgroup_pids(path: str) -> List[int]:
