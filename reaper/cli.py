@@ -220,7 +220,7 @@ def _exec_registered(opts, argv, log, hooks, containment, Supervisor, control):
         before_exec = pidns.prepare(argv, log, opts["grace"], opts["stop_signal"], opts["wait_all"])
     sup = Supervisor(argv, holder, grace_s=opts["grace"], timeout_s=opts["timeout"],
                      stop_signal=opts["stop_signal"], wait_all=opts["wait_all"], log=log,
-                     before_exec=before_exec, hooks=hooks)
+                     before_exec=before_exec, hooks=hooks, control=control)
     return sup.run()
 
 

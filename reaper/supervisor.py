@@ -75,7 +75,7 @@ def _ignore(signum, frame):
 class Supervisor:
     def __init__(self, argv, containment, grace_s=10.0, timeout_s=None,
                  stop_signal=_signal.SIGTERM, wait_all=False, log=None,
-                 before_exec=None, hooks=None):
+                 before_exec=None, hooks=None, control=None):
         self.argv = argv
         self.hooks = hooks      # reaper.jobhooks: registry, `reaper kill`, accounting
         self.containment = containment
@@ -96,6 +96,7 @@ class Supervisor:
         self.kill_at = None
         self.timeout_at = None
         self.terminal = None
+        self.control = control      # reaper.forkserver's channel to a Python caller, or None
         self.transitions = {RUNNING: self._running, DRAINING: self._draining,
                             STOPPING: self._stopping, KILLING: self._killing}
 
@@ -148,6 +149,8 @@ class Supervisor:
         self.log(f"started pid {self.pid}: {' '.join(self.argv)}")
         if self.hooks:
             self.hooks.started(self)
+        if self.control is not None:
+            self.control.started(self)
         if self.timeout_s is not None:
             self.timeout_at = time.monotonic() + self.timeout_s
 
@@ -178,6 +181,8 @@ class Supervisor:
         poller.register(self.wake_r, select.POLLIN)
         if self.containment.events_fd is not None:
             poller.register(self.containment.events_fd, select.POLLPRI)
+        if self.control is not None:
+            poller.register(self.control.fd, select.POLLIN)
         hook_fds = self.hooks.fds if self.hooks else ()
         for fd in hook_fds:
             poller.register(fd, select.POLLIN)
@@ -194,6 +199,9 @@ class Supervisor:
                     self.containment.empty()    # reading cgroup.events re-arms POLLPRI
                 elif fd in hook_fds:
                     self.hooks.on_fd(self, fd)
+                elif self.control is not None and fd == self.control.fd:
+                    if not self.control.readable(self):
+                        poller.unregister(fd)       # the caller is gone: EOF stays readable
             self._drain_signals()
 
     def _poll_timeout_ms(self):
