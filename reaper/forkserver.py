@@ -210,9 +210,16 @@ def supervise(fds):
 
 
 def _preload():
-    """Import what every supervisor needs once, so that forks do not pay for it."""
-    import ctypes  # noqa: F401 -- spawn's clone3
-    from reaper import cli, containment, cgroup, pidns, spawn, supervisor, terminal  # noqa: F401
+    """Import what every supervisor needs once, so that forks do not pay for it
+    (with PYTHONDONTWRITEBYTECODE each import would compile the module again)."""
+    import importlib
+    for name in ("ctypes", "reaper.cli", "reaper.containment", "reaper.cgroup", "reaper.pidns",
+                 "reaper.spawn", "reaper.supervisor", "reaper.terminal", "reaper.jobhooks",
+                 "reaper.registry", "reaper.control", "reaper.tree"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass        # an optional part (psutil for reaper.tree) or one this version lacks
 
 
 def _recv_fds(sock):
