@@ -548,13 +548,17 @@ def _read_byte(fd, timeout_s):
     return bool(os.read(fd, 1))
 
 
-from apibench import api  # noqa: E402  -- the Python API's own metric module
-
 METRICS = {"startup": startup, "idle": idle, "teardown": teardown, "orphans": orphans,
-           "signal": signals, "api": api}
+           "signal": signals}
 # --only accepts these names; rss and idle share one phase.
 ALIASES = {"rss": "idle", "idle": "idle", "startup": "startup", "teardown": "teardown",
-           "orphans": "orphans", "signal": "signal", "signals": "signal", "api": "api"}
+           "orphans": "orphans", "signal": "signal", "signals": "signal"}
+
+
+# Named jobs (issue 10): bench/jobs.py
+import jobs  # noqa: E402
+METRICS.update(jobs.METRICS)
+ALIASES.update({name: name for name in jobs.METRICS})
 
 
 def warm(bench):
