@@ -557,7 +557,13 @@ class Job:
         try:
             self._pump(None, "started")
         except BaseException:
-            self._abort()
+            # Interrupted (Ctrl-C) while starting: the stop request waits in the
+            # channel until the supervisor reads it; collect before re-raising.
+            self._chan.send({"op": "stop", "signal": self.stop_signal, "grace": self.grace})
+            try:
+                self._wait_firmly()
+            except ReaperError:
+                pass
             raise
         self._check_started()
 
@@ -578,11 +584,6 @@ class Job:
         if code == EXIT_FAILURE and ("invalid" in message or "unknown" in message):
             return UsageError(message)
         return ReaperError(message, code)
-
-    def _abort(self) -> None:
-        """Interrupted while starting: closing the channel makes the supervisor stop the job."""
-        self._stdio.abandon()
-        self._chan.close()
 
     def _finish(self, out: Optional[Union[bytes, str]] = None,
                 err: Optional[Union[bytes, str]] = None) -> Optional[Result]:
@@ -656,7 +657,8 @@ class Job:
                 self._finish()
             if self._lost_error is not None:
                 raise self._lost_error
-            assert self._result is not None
+            if self._result is None:
+                raise self._start_error()
             return self._result
 
     def signal(self, sig: Union[int, str]) -> bool:

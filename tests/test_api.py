@@ -91,7 +91,10 @@ def test_timeout_bounds_the_whole_tree_and_says_so(sandbox, containment):
         say(json.dumps(dict(timed_out=r.timed_out, signal=r.signal, exit_code=r.exit_code, code=code)))
     """)
     assert got["timed_out"] and got["exit_code"] == 124 and got["code"] == 124
-    assert got["signal"] == signal.SIGTERM
+    # With a pid namespace (no cgroup) the status is the namespace init's: it mirrors the
+    # command's, unless the TERM-ignoring daemons kept the init alive until the SIGKILL.
+    assert got["signal"] in ((signal.SIGTERM, signal.SIGKILL) if containment == "pgroup"
+                             else (signal.SIGTERM,))
     sandbox.assert_empty()
 
 
@@ -133,7 +136,7 @@ def test_leaving_the_block_by_an_exception_collects_the_whole_job(sandbox, conta
     assert len(got["escaped"]) >= 2         # the two daemons, listed with host pids
     assert not any(got["alive"])            # all gone before the block was left
     assert got["main"]
-    assert got["result"] == [-15, 15]
+    assert got["result"] in ([[-15, 15], [-9, 9]] if containment == "pgroup" else [[-15, 15]])
     sandbox.assert_empty()
 
 
