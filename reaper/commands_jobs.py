@@ -21,10 +21,11 @@ Exit codes: 0 done; 3 no such job; 4 not permitted; 5 not stopped; 125 usage.
 
 import os
 import select
-import signal
 import time
 
-from reaper import inspect, registry
+import _signal
+
+from reaper import registry
 from reaper.errors import EXIT_NOT_PERMITTED, EXIT_NOT_STOPPED, ReaperError
 
 KILL_MARGIN_S = 10.0
@@ -57,8 +58,7 @@ def parse(command, args, flags=(), values=(), positional=0):
 
 
 def _print_json(doc):
-    import json
-    print(json.dumps(doc, indent=1))
+    print(registry.dumps(doc))
 
 
 def _age(seconds):
@@ -108,7 +108,8 @@ def summarize(job):
     if not job.alive:
         doc["stale"] = job.stale_reason
         return doc
-    procs = inspect.processes(job)
+    from reaper import inspect
+    procs = inspect.processes(job, argv=False)
     live = stats.live(job, procs)
     doc.update(processes=len(procs),
                escaped=sum(1 for p in procs if p["escaped_session"] or p["escaped_group"]),
@@ -161,6 +162,7 @@ def _with_job(command, args, body):
 
 def cmd_ps(args):
     def body(job, as_json):
+        from reaper import inspect
         procs = inspect.processes(job)
         if as_json:
             _print_json({"name": job.name, "supervisor_pid": job.pid, "containment": job.entry.get("containment"),
@@ -179,6 +181,7 @@ def cmd_ps(args):
 
 def cmd_ports(args):
     def body(job, as_json):
+        from reaper import inspect
         socks, source = inspect.ports(job, inspect.processes(job))
         if as_json:
             _print_json({"name": job.name, "source": source, "sockets": socks})
@@ -195,8 +198,8 @@ def cmd_ports(args):
 
 def cmd_stats(args):
     def body(job, as_json):
-        from reaper import stats
-        doc = stats.live(job, inspect.processes(job))
+        from reaper import inspect, stats
+        doc = stats.live(job, inspect.processes(job, argv=False))
         if as_json:
             _print_json(doc)
             return 0
@@ -240,7 +243,7 @@ def _ask_stop(job, sig, grace_s):
             finally:
                 os.close(dir_fd)
     try:
-        signal.pidfd_send_signal(job.pidfd, signal.SIGTERM)
+        _signal.pidfd_send_signal(job.pidfd, _signal.SIGTERM)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -253,13 +256,13 @@ def _leftovers(job):
     """Collect what is left of a job whose supervisor is gone; return how many were there."""
     if not trusted_cgroup(job):
         return 0
-    from reaper import cgroup
+    from reaper import cgroup, inspect
     n = len(inspect.cgroup_pids(job.cgroup))
     cgroup.remove_tree(job.cgroup)
     return n
 
 
-def kill_job(job, sig=signal.SIGTERM, grace_s=None):
+def kill_job(job, sig=_signal.SIGTERM, grace_s=None):
     """Stop a pinned live job through its supervisor; return once nothing of it is left."""
     uid = os.geteuid()
     if uid != 0 and job.owner != uid:
@@ -271,12 +274,12 @@ def kill_job(job, sig=signal.SIGTERM, grace_s=None):
         try:
             dir_fd = os.open(job.dir_path, registry.DIR_FLAGS)
             try:
-                control.send_stop(dir_fd, job.entry.get("ctl"), signal.SIGKILL, 0)
+                control.send_stop(dir_fd, job.entry.get("ctl"), _signal.SIGKILL, 0)
             finally:
                 os.close(dir_fd)
         except (OSError, TypeError):
             try:
-                signal.pidfd_send_signal(job.pidfd, signal.SIGTERM)   # a second TERM kills at once
+                _signal.pidfd_send_signal(job.pidfd, _signal.SIGTERM)   # a second TERM kills at once
             except ProcessLookupError:
                 pass
         if not _wait_exit(job.pidfd, KILL_MARGIN_S):
@@ -286,9 +289,14 @@ def kill_job(job, sig=signal.SIGTERM, grace_s=None):
     if left:
         os.write(2, f"reaper: kill {job.name}: its supervisor died without collecting the job; "
                     f"killed {left} leftover process(es)\n".encode(errors="replace"))
-    if job.cgroup and trusted_cgroup(job) and inspect.cgroup_pids(job.cgroup):
+    if job.cgroup and trusted_cgroup(job) and _cgroup_pids(job.cgroup):
         raise ReaperError(f"kill {job.name}: processes are still in {job.cgroup}", EXIT_NOT_STOPPED)
     return 0
+
+
+def _cgroup_pids(path):
+    from reaper import inspect
+    return inspect.cgroup_pids(path)
 
 
 def cmd_kill(args):

@@ -35,13 +35,15 @@ TCP_STATES = {1: "ESTABLISHED", 2: "SYN-SENT", 3: "SYN-RECV", 4: "FIN-WAIT-1", 5
 
 # -- processes ----------------------------------------------------------------
 
-def read_process(pid):
+def read_process(pid, argv=True):
     """A dict describing pid from /proc, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
+        cmdline = b""
+        if argv:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
     except OSError:
         return None
     comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
@@ -99,8 +101,8 @@ def job_pids(job):
     return descendant_pids(job.pid)
 
 
-def processes(job):
-    """Every process of a live job, marked; sorted by pid."""
+def processes(job, argv=True):
+    """Every process of a live job, marked; sorted by pid (argv=False: skip command lines)."""
     e = job.entry
     main_pid, main_start = e.get("main_pid"), e.get("main_starttime")
     sid, pgid = e.get("sid"), e.get("pgid")
@@ -108,7 +110,7 @@ def processes(job):
     for pid in sorted(set(job_pids(job))):
         if pid == job.pid:
             continue
-        p = read_process(pid)
+        p = read_process(pid, argv)
         if p is None:
             continue
         p["main"] = pid == main_pid and p["starttime"] == main_start
