@@ -276,6 +276,8 @@ def cmd_gc(args):
 def cmd_jobs(command):
     def run(args):
         from reaper import commands_jobs
+        if any(a in HELP for a in args):
+            raise Help(commands_jobs.USAGE[command])
         return commands_jobs.COMMANDS[command](args)
     return run
 

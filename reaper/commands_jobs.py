@@ -353,3 +353,38 @@ def gc_registry():
 
 
 COMMANDS = {"ls": cmd_ls, "ps": cmd_ps, "ports": cmd_ports, "stats": cmd_stats, "kill": cmd_kill}
+
+_WHO = "Jobs: those `reaper exec` registered for this user (root: for every user)."
+USAGE = {
+    "ls": f"""usage: reaper ls [--json] [--all]
+
+List running jobs: name, supervisor and main pid, processes, escaped processes,
+age, containment, CPU time, memory now.  --all also shows stale entries (their
+supervisor is gone; `reaper gc` removes them).  {_WHO}
+""",
+    "ps": f"""usage: reaper ps NAME [--json]
+
+The processes of job NAME as a tree.  Marks: main (the command reaper started),
+left-session / left-group (setsid, setpgid, a double fork), orphan (its parent
+died and it was re-parented to reaper).  {_WHO}
+""",
+    "ports": f"""usage: reaper ports NAME [--json]
+
+The sockets of job NAME: TCP and UDP (sock_diag; with a job cgroup, every
+socket created in it) and unix sockets, with the processes holding them.
+""",
+    "stats": f"""usage: reaper stats NAME [--json]
+
+What job NAME has used so far: CPU time, memory now and at peak, processes,
+OOM kills (from its cgroup where the files exist, else summed from /proc).
+""",
+    "kill": f"""usage: reaper kill NAME [--signal SIG] [--grace DURATION]
+
+Stop job NAME through its supervisor: SIG (default TERM) to every process of
+the job, SIGKILL after DURATION (default: the job's own --grace); return only
+when nothing of the job is left.
+Exit status: 0 stopped; 3 no such job; 4 not permitted; 5 still running at
+the deadline (grace + 20 s); 125 bad usage.
+{_WHO}
+""",
+}
