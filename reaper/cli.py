@@ -209,6 +209,11 @@ def cmd_exec(args, control=None):
 def _exec_registered(opts, argv, log, hooks, containment, Supervisor, control):
     holder = containment.choose(opts["containment"], hooks.name, opts["cgroup_parent"],
                                 own_init=opts["pidns"], limits=opts["limits"])
+    try:
+        hooks.prepare(holder, opts["grace"])
+    except BaseException:
+        holder.close()
+        raise
     if log:
         log(f"containment: {holder.name}: {holder.reason}")
         if not opts["pidns"] and os.getpid() != 1:

@@ -97,7 +97,7 @@ def _user(uid):
 
 # -- ls ---------------------------------------------------------------------------
 
-def summarize(job):
+def summarize(job, children=None):
     """One job's line for `reaper ls`, as a dict."""
     from reaper import stats
     e = job.entry
@@ -109,7 +109,7 @@ def summarize(job):
         doc["stale"] = job.stale_reason
         return doc
     from reaper import inspect
-    procs = inspect.processes(job, argv=False)
+    procs = inspect.processes(job, argv=False, children=children)
     live = stats.live(job, procs)
     doc.update(processes=len(procs),
                escaped=sum(1 for p in procs if p["escaped_session"] or p["escaped_group"]),
@@ -119,11 +119,15 @@ def summarize(job):
 
 
 def cmd_ls(args):
+    from reaper import inspect
     opts, _ = parse("ls", args, flags=("--json", "-a", "--all"))
     problems = []
     jobs = registry.scan(include_stale=bool(opts.get("-a") or opts.get("--all")), problems=problems)
     try:
-        docs = [summarize(j) for j in jobs]
+        children = None
+        if any(j.alive and not (j.cgroup and inspect.cgroup_matches(j)) for j in jobs):
+            children = inspect.children_map()       # one /proc pass for every tree-contained job
+        docs = [summarize(j, children) for j in jobs]
     finally:
         for j in jobs:
             j.close()
@@ -138,7 +142,7 @@ def cmd_ls(args):
     for d in docs:
         cmd = " ".join(d["argv"] or [])[:60]
         if d["alive"]:
-            row = [d["name"], d["supervisor_pid"], d["main_pid"], d["processes"], d["escaped"],
+            row = [d["name"], d["supervisor_pid"], d["main_pid"] or "-", d["processes"], d["escaped"],
                    _age(d["age_s"]), d["containment"], f"{d['cpu_s']:.2f}s", _size(d["memory_bytes"]), cmd]
         else:
             row = [d["name"], d["supervisor_pid"], "-", "-", "-", "-", "stale", "-", "-",

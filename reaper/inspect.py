@@ -75,7 +75,8 @@ def cgroup_matches(job):
         return False
 
 
-def descendant_pids(root_pid):
+def children_map():
+    """{ppid: [pid, ...]} of every process, from one pass over /proc/*/stat."""
     children = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -87,6 +88,12 @@ def descendant_pids(root_pid):
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def descendant_pids(root_pid, children=None):
+    """Descendants of root_pid; pass one children_map() to look at many roots."""
+    children = children_map() if children is None else children
     found, todo = [], [root_pid]
     while todo:
         for child in children.get(todo.pop(), ()):
@@ -95,19 +102,23 @@ def descendant_pids(root_pid):
     return found
 
 
-def job_pids(job):
+def job_pids(job, children=None):
     if job.cgroup and cgroup_matches(job):
         return cgroup_pids(job.cgroup)
-    return descendant_pids(job.pid)
+    return descendant_pids(job.pid, children)
 
 
-def processes(job, argv=True):
-    """Every process of a live job, marked; sorted by pid (argv=False: skip command lines)."""
+def processes(job, argv=True, children=None):
+    """Every process of a live job, marked; sorted by pid.
+
+    argv=False skips the command lines; children: a children_map() shared by
+    several calls (`reaper ls`), for jobs without a cgroup.
+    """
     e = job.entry
     main_pid, main_start = e.get("main_pid"), e.get("main_starttime")
     sid, pgid = e.get("sid"), e.get("pgid")
     out = []
-    for pid in sorted(set(job_pids(job))):
+    for pid in sorted(set(job_pids(job, children))):
         if pid == job.pid:
             continue
         p = read_process(pid, argv)

@@ -33,6 +33,8 @@ class ExecHooks:
         self.first_stop = None
         self.leftovers = None
         self.name = name
+        self.explicit = explicit
+        self.fields = None
         if os.environ.get("REAPER_NO_REGISTRY"):
             return
         from reaper import registry
@@ -51,6 +53,39 @@ class ExecHooks:
     def fds(self):
         return [self.listener.fd] if self.listener is not None else []
 
+    # -- called by the CLI once the containment exists, before the job starts --
+
+    def prepare(self, containment, grace_s):
+        """Bind the control socket and publish the entry (main pid still unknown).
+
+        Done before the job starts so that a registry that cannot be written
+        (read-only, full, removed) fails a named job before it runs; an
+        unnamed job then runs unregistered, with a warning.
+        """
+        if self.registration is None:
+            return
+        from reaper import control, registry
+        reg = self.registration
+        me = os.getpid()
+        try:
+            name = registry.ctl_name(me, registry.start_time(me))
+            self.listener = control.Listener(reg.dir_fd, name)
+            reg.ctl_name = name
+        except OSError as e:
+            self.log(f"no control socket ({e.strerror}); `reaper kill` will signal the supervisor")
+        job = getattr(containment, "job", None)
+        self.fields = {"main_pid": None, "containment": containment.name, "argv": list(self.argv),
+                       "cgroup": job.path if job is not None else None,
+                       "cgroup_ino": os.fstat(job.lock_fd).st_ino if job is not None else None,
+                       "ctl": reg.ctl_name, "cwd": _cwd(), "grace_s": grace_s}
+        try:
+            reg.publish(self.fields)
+        except (ReaperError, OSError) as e:
+            self.close()
+            if self.explicit:
+                raise ReaperError(f"--name {self.name}: cannot register the job: {e}")
+            os.write(2, f"reaper: warning: running unregistered ({e})\n".encode(errors="replace"))
+
     # -- called by the supervisor -----------------------------------------
 
     def started(self, sup):
@@ -58,27 +93,23 @@ class ExecHooks:
         if self.stats_wanted:
             from reaper import stats
             self.accounting = stats.Accounting(sup.containment)
-        if self.registration is None:
-            return
-        from reaper import control, registry
         reg = self.registration
-        try:
-            name = registry.ctl_name(os.getpid(), registry.start_time(os.getpid()))
-            self.listener = control.Listener(reg.dir_fd, name)
-            reg.ctl_name = name
-        except OSError as e:
-            self.log(f"no control socket ({e.strerror}); `reaper kill` will signal the supervisor")
-        job = getattr(sup.containment, "job", None)
-        fields = {"main_pid": sup.pid, "containment": sup.containment.name, "argv": list(self.argv),
-                  "cgroup": job.path if job is not None else None,
-                  "cgroup_ino": os.fstat(job.lock_fd).st_ino if job is not None else None,
-                  "ctl": reg.ctl_name, "cwd": _cwd(), "grace_s": sup.grace_s}
+        if reg is None or self.fields is None:
+            return
+        from reaper import registry
+        self.fields.update(main_pid=sup.pid, grace_s=sup.grace_s)
         try:
             st = registry.proc_stat(sup.pid)
-            fields.update(main_starttime=int(st[19]), pgid=int(st[2]), sid=int(st[3]))
+            self.fields.update(main_starttime=int(st[19]), pgid=int(st[2]), sid=int(st[3]))
         except (OSError, ValueError, IndexError):
             pass
-        reg.publish(fields)
+        try:
+            reg.publish(self.fields)
+        except (ReaperError, OSError) as e:
+            # The entry without the main pid stays: the job is still found and stopped.
+            os.write(2, f"reaper: warning: cannot record the main pid in the registry ({e})\n"
+                     .encode(errors="replace"))
+            return
         self.log(f"registered as {reg.name!r} in {reg.path}")
 
     def on_fd(self, sup, fd):

@@ -298,8 +298,11 @@ class Registration:
         entry.update(fields)
         data = _encode(entry).encode() + b"\n"
         tmp = f"{self.name}{ENTRY_SUFFIX}.{me}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=self.dir_fd)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=self.dir_fd)
+        except OSError as e:
+            raise ReaperError(f"cannot write to registry {self.path}: {e.strerror}")
         try:
             view = memoryview(data)
             while view:
@@ -309,7 +312,11 @@ class Registration:
             _unlink_quiet(self.dir_fd, tmp)
             raise ReaperError(f"cannot write to registry {self.path}: {e.strerror}")
         os.close(fd)
-        os.rename(tmp, self.name + ENTRY_SUFFIX, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        try:
+            os.rename(tmp, self.name + ENTRY_SUFFIX, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except OSError as e:
+            _unlink_quiet(self.dir_fd, tmp)
+            raise ReaperError(f"cannot write to registry {self.path}: {e.strerror}")
 
     def close(self):
         """Remove the entry, the control socket and the lock file (still holding the lock)."""

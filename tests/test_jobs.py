@@ -373,6 +373,32 @@ def test_full_or_read_only_registry(sandbox, world):
     assert proc.returncode == 125 and b"--name ro: cannot register the job" in err, err
 
 
+def test_a_full_registry_fails_a_named_job_before_it_starts(sandbox):
+    """The registry on a full 4 KiB tmpfs, in a private mount namespace (gone with it)."""
+    base = sandbox.tmp / "full"
+    base.mkdir()
+    fill = ('mount -t tmpfs -o size=4k tmpfs "$0" && mkdir -m 0700 "$0/0" && '
+            '{ head -c 1M /dev/zero > "$0/0/filler" 2>/dev/null; true; } && exec "$@"')
+    env = dict(sandbox.env, REAPER_REGISTRY=str(base))
+    marker = sandbox.tmp / "started"
+
+    def run(*args):
+        proc = sandbox.spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", fill, str(base),
+                              sys.executable, "-m", "reaper", "exec", *args, "--", "touch", str(marker)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=30)
+        return proc.returncode, err.decode()
+
+    code, err = run("--name", "full")
+    assert code == 125 and err.count("\n") == 1, err
+    assert "--name full: cannot register the job: cannot write to registry" in err
+    assert "No space left on device" in err
+    assert not marker.exists()
+    code, err = run()
+    assert code == 0 and err.startswith("reaper: warning: running unregistered") and marker.exists()
+    sandbox.assert_empty()
+
+
 # -- users ------------------------------------------------------------------------
 
 def test_users_see_and_stop_only_their_own_jobs_and_root_sees_all(sandbox, world):
