@@ -207,11 +207,14 @@ def test_start_failures_and_bad_arguments_are_exceptions_with_the_cli_codes(sand
         attempt("name", lambda: reaper.run(["true"], name="a/b"))
         attempt("cwd", lambda: reaper.run(["true"], cwd="/nonexistent"))
         attempt("both", lambda: reaper.run(["true"], capture_output=True, stdout=reaper.DEVNULL))
+        attempt("units", lambda: reaper.run(["true"], memory_max="12 parsecs"))
+        attempt("range", lambda: reaper.run(["true"], pids_max=-3))
         say(json.dumps(out))
     """)
     assert got["notfound"] == ["CommandNotFound", 127, False]
     assert got["noexec"] == ["CommandNotExecutable", 126, False]
-    for key in ("string", "empty", "timeout", "grace", "signal", "containment", "name", "both"):
+    for key in ("string", "empty", "timeout", "grace", "signal", "containment", "name", "both",
+                "units", "range"):
         assert got[key] == ["UsageError", 125, True], (key, got[key])
     assert got["cwd"][1] == 125
     sandbox.assert_empty()
