@@ -86,8 +86,8 @@ class Accounting:
         if self.cgroup is not None and not getattr(self.containment.job, "gone", False):
             pids = self.containment.job.pids()
         else:
-            from reaper import tree
-            pids = [p.pid for p in tree.descendants()]
+            from reaper import inspect     # reaper.tree.descendants() is gone on main
+            pids = inspect.descendant_pids(os.getpid())
         return len([p for p in pids if p != main_pid])
 
     def finish(self, sup):
