@@ -119,7 +119,7 @@ class Result:
     timed_out: bool             # the timeout expired and the job was stopped
     stdout: Optional[Union[bytes, str]] = None
     stderr: Optional[Union[bytes, str]] = None
-    stats: Optional[Dict[str, Any]] = None     # accounting, where the supervisor provides it
+    stats: Optional[Dict[str, Any]] = None     # accounting, as `reaper exec --stats-json` writes it
     pid: Optional[int] = None                  # the main process (gone now)
     containment: Optional[str] = None          # cgroup, pgroup (pidns: see `pidns`)
     pidns: bool = False
@@ -476,7 +476,8 @@ class Job:
                  name: Optional[str] = None, containment: str = "auto",
                  wait_all: bool = False, pidns: Optional[bool] = None,
                  memory_max: Union[int, str, None] = None, pids_max: Optional[int] = None,
-                 cpu_max: Union[float, str, None] = None, _await_start: bool = True) -> None:
+                 cpu_max: Union[float, str, None] = None, stats: bool = True,
+                 _await_start: bool = True) -> None:
         self.args = _argv(argv)
         self.timeout = _seconds(timeout, "timeout")
         grace_s = _seconds(grace, "grace", allow_none=False)
@@ -498,6 +499,7 @@ class Job:
             "env": dict(os.environ) if env is None else {
                 os.fsdecode(k): os.fsdecode(v) for k, v in env.items()},
             "pidns": "auto" if pidns is None and containment != "cgroup" else None,
+            "stats": bool(stats),
         }
         self._lock = threading.RLock()
         self._result: Optional[Result] = None
@@ -858,7 +860,8 @@ def run(argv: Sequence[StrPath], *, timeout: Optional[float] = None, grace: floa
         cwd: Optional[StrPath] = None, env: Optional[Mapping[str, str]] = None,
         name: Optional[str] = None, containment: str = "auto", wait_all: bool = False,
         pidns: Optional[bool] = None, memory_max: Union[int, str, None] = None,
-        pids_max: Optional[int] = None, cpu_max: Union[float, str, None] = None) -> Result:
+        pids_max: Optional[int] = None, cpu_max: Union[float, str, None] = None,
+        stats: bool = True) -> Result:
     """Run argv as a job and return when nothing of it is left.
 
     `timeout` bounds the whole job: on expiry every process of it gets
@@ -881,7 +884,7 @@ def run(argv: Sequence[StrPath], *, timeout: Optional[float] = None, grace: floa
     job = Job(argv, timeout=timeout, grace=grace, stop_signal=stop_signal, stdin=stdin,
               stdout=stdout, stderr=stderr, cwd=cwd, env=env, name=name,
               containment=containment, wait_all=wait_all, pidns=pidns,
-              memory_max=memory_max, pids_max=pids_max, cpu_max=cpu_max)
+              memory_max=memory_max, pids_max=pids_max, cpu_max=cpu_max, stats=stats)
     with job:
         try:
             out, err = job._communicate(bytes(input) if input is not None else None)

@@ -47,9 +47,11 @@ dies with the supervisor.
 
 import json
 import os
+import shutil
 import socket
 import _signal
 import sys
+import tempfile
 import time
 
 from reaper.errors import EXIT_FAILURE, ReaperError
@@ -169,6 +171,7 @@ def supervise(fds):
     control = Control(chan)
     control.buf = rest
     code, error, status, timed_out = EXIT_FAILURE, None, None, False
+    stats_dir = None
     try:
         if request.get("cwd") is not None:
             try:
@@ -179,11 +182,19 @@ def supervise(fds):
             os.environ.clear()
             os.environ.update(request["env"])
         args = list(request["args"])
-        if request.get("pidns") == "auto":
-            if _want_pidns(args):
-                args.insert(0, "--pidns")
+        if request.get("stats"):
+            stats_dir = tempfile.mkdtemp(prefix="reaper-stats.")
+            args.insert(0, f"--stats-json={stats_dir}/stats.json")
+        auto_pidns = request.get("pidns") == "auto" and _want_pidns(args)
         from reaper import cli
-        code = cli.cmd_exec(args, control=control)
+        try:
+            code = cli.cmd_exec((["--pidns"] if auto_pidns else []) + args, control=control)
+        except ReaperError as e:
+            if not (auto_pidns and control.sup is None and str(e).startswith("--pidns")):
+                raise
+            # No pid namespace here (user namespaces off, seccomp): the job runs
+            # without one, as `reaper exec` would; the started event says so.
+            code = cli.cmd_exec(args, control=control)
     except ReaperError as e:
         code, error = e.code, str(e)
     except OSError as e:
@@ -197,9 +208,13 @@ def supervise(fds):
     end = {"event": "end", "code": code, "status": status, "timed_out": timed_out}
     if error is not None:
         end["error"] = error
-    stats = getattr(sup, "stats", None)
-    if isinstance(stats, dict):
-        end["stats"] = stats
+    if stats_dir is not None:
+        try:
+            with open(os.path.join(stats_dir, "stats.json")) as f:
+                end["stats"] = json.load(f)
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(stats_dir, ignore_errors=True)
     # Let go of the job's stdout/stderr before saying "end", so a caller that
     # reads them sees EOF as soon as it has the result.
     null = os.open(os.devnull, os.O_RDWR)
@@ -213,7 +228,7 @@ def _preload():
     """Import what every supervisor needs once, so that forks do not pay for it
     (with PYTHONDONTWRITEBYTECODE each import would compile the module again)."""
     import importlib
-    for name in ("ctypes", "reaper.cli", "reaper.containment", "reaper.cgroup", "reaper.pidns",
+    for name in ("ctypes", "json", "shutil", "tempfile", "reaper.stats", "reaper.cli", "reaper.containment", "reaper.cgroup", "reaper.pidns",
                  "reaper.spawn", "reaper.supervisor", "reaper.terminal", "reaper.jobhooks",
                  "reaper.registry", "reaper.control", "reaper.tree"):
         try:

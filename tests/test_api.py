@@ -308,3 +308,16 @@ def test_reaper_run_does_not_import_into_reaper_exec():
     modules = [line.split("|")[-1].strip() for line in r.stderr.decode().splitlines()]
     for heavy in ("reaper.api", "reaper.aio", "typing", "subprocess"):
         assert heavy not in modules
+
+
+def test_result_carries_the_accounting_of_the_whole_job(sandbox):
+    got = run_caller(sandbox, """
+        r = reaper.run(["sh", "-c", "(setsid sleep 300 &); exit 2"], grace=0.3)
+        q = reaper.run(["true"], stats=False)
+        say(json.dumps(dict(stats=r.stats, none=q.stats)))
+    """)
+    stats = got["stats"]
+    assert stats["exit_code"] == 2 and stats["leftovers_killed"] == 1, stats
+    assert stats["wall_s"] > 0 and stats["cpu_source"], stats
+    assert got["none"] is None
+    sandbox.assert_empty()
