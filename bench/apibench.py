@@ -14,9 +14,13 @@ the channel; `phases` splits a call into "until the job runs" (Job()) and
 "until it is collected" (wait()), and `fork_floor` is a bare fork + exit +
 waitpid of the driver (a Python process of similar size) for scale.
 
-Variants: `reaper-run` (default containment: a cgroup where writable) and
+Variants: `reaper-run` (default: a cgroup where writable, accounting on) and
 `reaper-run-pgroup` (containment="pgroup", which the API pairs with a pid
-namespace so that the job still dies with its supervisor).
+namespace so that the job still dies with its supervisor); two diagnostics
+without a target take costs away one by one: `reaper-run-nostats`
+(stats=False: no --stats-json file) and `reaper-run-minimal` (no accounting,
+no registry entry, no cgroup, no pid namespace: the fork server, the
+supervisor's fork, its signal set-up, the job's fork + exec, and the channel).
 """
 
 import os
@@ -52,6 +56,8 @@ def api(bench):
     if first.returncode != 0:
         bench.note(f"api: reaper.run(['true']) returned {first.returncode}")
 
+    bare_env = dict(os.environ, REAPER_NO_REGISTRY="1")
+
     def fork_exit():
         pid = os.fork()
         if pid == 0:
@@ -64,6 +70,12 @@ def api(bench):
              lambda: reaper.run([true], stdin=devnull, stdout=devnull)),
             ("reaper-run-pgroup", "reaper.run(['true'], containment='pgroup')",
              lambda: reaper.run([true], stdin=devnull, stdout=devnull, containment="pgroup")),
+            ("reaper-run-nostats", "reaper.run(['true'], stats=False)",
+             lambda: reaper.run([true], stdin=devnull, stdout=devnull, stats=False)),
+            ("reaper-run-minimal", "reaper.run(['true'], stats=False, containment='pgroup', "
+             "pidns=False), REAPER_NO_REGISTRY=1",
+             lambda: reaper.run([true], stdin=devnull, stdout=devnull, stats=False, env=bare_env,
+                                containment="pgroup", pidns=False)),
             ("fork-floor", "os.fork() + _exit + waitpid (driver)", fork_exit)]
     times = {key: [] for key, _, _ in cmds}
     phases = {"start": [], "collect": []}
