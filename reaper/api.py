@@ -536,11 +536,11 @@ class Job:
         try:
             sel.register(chan.sock, selectors.EVENT_READ)
             while not self._reached(until):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if sel.select(left):
                     chan.on_readable()
+                elif deadline is not None and time.monotonic() >= deadline:
+                    return False
         finally:
             sel.close()
         return True

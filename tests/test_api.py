@@ -321,3 +321,18 @@ def test_result_carries_the_accounting_of_the_whole_job(sandbox):
     assert stats["wall_s"] > 0 and stats["cpu_source"], stats
     assert got["none"] is None
     sandbox.assert_empty()
+
+
+def test_result_and_returncode_poll_without_blocking(sandbox):
+    got = run_caller(sandbox, """
+        job = reaper.Job(["sh", "-c", "read x; exit 4"], stdin=reaper.PIPE)
+        before = [job.result, job.returncode]
+        job.stdin.write(b"go\\n")
+        job.stdin.close()
+        deadline = time.monotonic() + 30
+        while job.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        say(json.dumps(dict(before=before, after=job.returncode)))
+    """)
+    assert got == {"before": [None, None], "after": 4}
+    sandbox.assert_empty()
