@@ -23,6 +23,7 @@ touched.
 import errno
 import os
 import select
+import signal
 import subprocess
 import time
 
@@ -50,14 +51,18 @@ def _env(bench, **extra):
     return env
 
 
-def _spawn_time(argv, env):
+def _spawn_time(argv, env, cpu=None):
+    """Wall ms of one run; its CPU ms (user + system, itself and what it reaped) appended to `cpu`."""
     devnull = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)]
     t0 = time.perf_counter_ns()
     pid = os.posix_spawn(argv[0], argv, env, file_actions=devnull, setsid=True)
-    _, status = os.waitpid(pid, 0)
-    return (time.perf_counter_ns() - t0) / 1e6, status
+    _, status, ru = os.wait4(pid, 0)
+    wall = (time.perf_counter_ns() - t0) / 1e6
+    if cpu is not None:
+        cpu.append((ru.ru_utime + ru.ru_stime) * 1000)
+    return wall, status
 
 
 def _stats(samples):
@@ -73,20 +78,27 @@ def registry(bench):
     variants = [("registry-on", _env(bench)), ("registry-off", _env(bench, REAPER_NO_REGISTRY="1")),
                 ("python", None)]
     times = {k: [] for k, _ in variants}
+    cpu = {k: [] for k, _ in variants}
     for r in range(runs + 2):
         order = variants[r % 3:] + variants[:r % 3]
         for key, env in order:
             cmd = [bench.python, "-c", "pass"] if env is None else argv
-            ms, status = _spawn_time(cmd, env or bench.env)
+            sink = []
+            ms, status = _spawn_time(cmd, env or bench.env, sink)
             if status != 0:
                 bench.note(f"registry: {key} exited with status {status}")
                 continue
             if r >= 2:
                 times[key].append(ms)
-    res = {"unit": "ms", "rounds": runs, "commands": {k: _stats(v) for k, v in times.items()}}
+                cpu[key] += sink
+    res = {"unit": "ms", "rounds": runs, "commands": {k: _stats(v) for k, v in times.items()},
+           "cpu_ms": {k: _stats(v) for k, v in cpu.items()}}
     on, off = median(times["registry-on"]), median(times["registry-off"])
     res["x_off"] = ratio(on, off)
     res["delta_ms"] = None if on is None or off is None else on - off
+    con, coff = median(cpu["registry-on"]), median(cpu["registry-off"])
+    res["cpu_x_off"] = ratio(con, coff)
+    res["cpu_delta_ms"] = None if con is None or coff is None else con - coff
     return res
 
 
@@ -147,6 +159,8 @@ def _kill_trial(bench, key, n, rep):
             t0 = time.monotonic()
             if key == "cgroup-kill":
                 bl.cg_kill(target)
+            elif key == "supervisor-term":
+                os.kill(trial.pid, signal.SIGTERM)      # our own child: the ladder without `reaper kill`
             else:
                 extra = ["--signal", "KILL"] if key == "reaper-kill-sigkill" else []
                 killer = subprocess.Popen(bench.reaper_cmd + ["kill", name, *extra], env=env,
@@ -172,10 +186,10 @@ def _kill_trial(bench, key, n, rep):
 
 def kill(bench):
     n, reps = _cfg(bench, "kill_size"), _cfg(bench, "kill_reps")
-    keys = ["cgroup-kill", "reaper-kill", "reaper-kill-sigkill"]
+    keys = ["cgroup-kill", "supervisor-term", "reaper-kill", "reaper-kill-sigkill"]
     raw = {k: [] for k in keys}
     for rep in range(reps):
-        for key in keys[rep % 3:] + keys[:rep % 3]:
+        for key in keys[rep % 4:] + keys[:rep % 4]:
             r = _kill_trial(bench, key, n, rep)
             raw[key].append(r)
             bench.say(f"kill N={n} rep {rep + 1}: {key}: " + (
@@ -250,14 +264,24 @@ def targets(m, add):
     if reg:
         x = reg.get("x_off")
         c = reg["commands"]
-        add("registry", "reaper exec -- true: registry on <= 1.05x off", "reaper-cgroup",
+        cpu = reg.get("cpu_ms", {})
+        add("registry", "reaper exec -- true: registry on <= 1.05x off (wall)", "reaper-cgroup",
             None if x is None else f"{x:.3f}x", None if x is None else x <= 1.05,
             "" if x is None else f"{c['registry-on']['median']:.1f} ms vs {c['registry-off']['median']:.1f} ms")
+        cx = reg.get("cpu_x_off")
+        add("registry", "reaper exec -- true: registry on <= 1.05x off (CPU user+sys)", "reaper-cgroup",
+            None if cx is None else f"{cx:.3f}x", None if cx is None else cx <= 1.05,
+            "" if cx is None else f"{cpu['registry-on']['median']:.1f} ms vs {cpu['registry-off']['median']:.1f} ms")
     k = m.get("kill")
     if k:
+        sup = k["contestants"].get("supervisor-term", {}).get("empty_ms")
         for key in ("reaper-kill", "reaper-kill-sigkill"):
             c = k["contestants"][key]
             x = c["x_floor"]
+            if key == "reaper-kill" and sup is not None and c["empty_ms"] is not None:
+                add("kill", "`reaper kill` vs TERM sent to the supervisor directly (the same ladder)", key,
+                    f"{c['empty_ms'] / sup:.2f}x", None,
+                    f"{c['empty_ms']:.0f} ms vs {sup:.0f} ms: what the command and its channel add")
             add("kill", f"`reaper kill` N={k['n']} until empty <= 1.3x cgroup.kill floor"
                 + (" (--signal KILL)" if key.endswith("sigkill") else " (TERM ladder)"), key,
                 None if x is None else f"{x:.2f}x", None if x is None else x <= 1.3,
@@ -282,11 +306,18 @@ def markdown(m):
         c = reg["commands"]
         lines.append(f"| `reaper exec -- true`, registry on / off | {c['registry-on']['median']:.1f} / "
                      f"{c['registry-off']['median']:.1f} ms | {reg['x_off']:.3f}× |")
+        cpu = reg.get("cpu_ms")
+        if cpu:
+            lines.append(f"| the same, CPU user+system | {cpu['registry-on']['median']:.1f} / "
+                         f"{cpu['registry-off']['median']:.1f} ms | {reg['cpu_x_off']:.3f}× |")
     if k:
         lines.append(f"| cgroup.kill floor, N={k['n']} | {k['floor_ms']:.0f} ms | 1 |")
-        for key in ("reaper-kill", "reaper-kill-sigkill"):
+        for key in ("supervisor-term", "reaper-kill", "reaper-kill-sigkill"):
             c = k["contestants"][key]
-            if c["empty_ms"] is not None:
+            if c["empty_ms"] is not None and key == "supervisor-term":
+                lines.append(f"| SIGTERM to the supervisor (same ladder, no command) until empty | "
+                             f"{c['empty_ms']:.0f} ms | {c['x_floor']:.2f}× |")
+            elif c["empty_ms"] is not None:
                 lines.append(f"| `{key.replace('-sigkill', ' --signal KILL').replace('-', ' ')}` until empty "
                              f"(returns) | {c['empty_ms']:.0f} ({c['returned_ms']:.0f}) ms | "
                              f"{c['x_floor']:.2f}× |")

@@ -87,12 +87,17 @@ def _table(rows):
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+_USERS = {}
+
+
 def _user(uid):
-    try:
-        import pwd
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, ImportError):
-        return str(uid)
+    if uid not in _USERS:
+        try:
+            import pwd
+            _USERS[uid] = pwd.getpwuid(uid).pw_name
+        except (KeyError, ImportError):
+            _USERS[uid] = str(uid)
+    return _USERS[uid]
 
 
 # -- ls ---------------------------------------------------------------------------
@@ -110,7 +115,7 @@ def summarize(job, children=None):
         return doc
     from reaper import inspect
     procs = inspect.processes(job, argv=False, children=children)
-    live = stats.live(job, procs)
+    live = stats.live(job, procs, brief=True)
     doc.update(processes=len(procs),
                escaped=sum(1 for p in procs if p["escaped_session"] or p["escaped_group"]),
                age_s=live["age_s"], cpu_s=round(live["cpu_user_s"] + live["cpu_system_s"], 3),

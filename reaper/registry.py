@@ -26,7 +26,7 @@ reused, and any process of the same user can write files here and lock them):
 order, the recorded boot id (/proc/sys/kernel/random/boot_id), the recorded
 start time (field 22 of /proc/PID/stat, read after the pidfd exists, so the
 pidfd holds exactly the process that was checked), the entry file's owner as the
-process's real uid, and the pinned process itself as the holder of the flock on
+process's uid (owner of /proc/PID), and the pinned process itself as the holder of the flock on
 `NAME.lock` in /proc/locks.  A forger can hold that lock, but cannot make the
 kernel list another process as its holder, so a forged or stale entry never
 looks alive.  Everything done to a job afterwards goes through that pidfd
@@ -94,12 +94,10 @@ def start_time(pid):
     return int(proc_stat(pid)[19])
 
 
-def real_uid(pid):
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Uid:"):
-                return int(line.split()[1])
-    raise OSError(errno.ESRCH, "no Uid line", pid)
+def process_uid(pid):
+    """The owner of /proc/PID: the process's effective uid (root if it made itself
+    non-dumpable).  One stat(2), against an open and a parse of /proc/PID/status."""
+    return os.stat(f"/proc/{pid}").st_uid
 
 
 def flock_holders():
@@ -386,7 +384,7 @@ class Job:
         try:
             if start_time(self.pid) != e.get("starttime"):
                 raise Stale("its supervisor has exited (pid reused)")
-            if real_uid(self.pid) != self.owner:
+            if process_uid(self.pid) != self.owner:
                 raise Stale("its supervisor runs as another user than the entry's owner", dead=False)
             holders = flock_holders() if holders is None else holders
             if self.pid not in holders.get(self.lock_key, ()):

@@ -43,10 +43,15 @@ def read_int(path):
     return None if text == "max" else int(text)
 
 
-def read_cgroup(path):
+def read_cgroup(path, brief=False):
     """Counters of a job cgroup: {cpu_user_s, cpu_system_s, memory_peak_bytes, memory_bytes,
-    pids_peak, pids, oom_kills}, each None where the file is missing."""
+    pids_peak, pids, oom_kills}, each None where the file is missing.  brief: CPU and
+    memory now only (`reaper ls`: two files per job instead of six)."""
     cpu = read_keyed(os.path.join(path, "cpu.stat"))
+    if brief:
+        return {"cpu_user_s": cpu["user_usec"] / 1e6 if "user_usec" in cpu else None,
+                "cpu_system_s": cpu["system_usec"] / 1e6 if "system_usec" in cpu else None,
+                "memory_bytes": read_int(os.path.join(path, "memory.current"))}
     events = read_keyed(os.path.join(path, "memory.events"))
     return {
         "cpu_user_s": cpu["user_usec"] / 1e6 if "user_usec" in cpu else None,
@@ -159,11 +164,11 @@ def write_json(path, doc):
         os.write(2, f"reaper: --stats-json {path}: {e.strerror}\n".encode(errors="replace"))
 
 
-def live(job, procs):
+def live(job, procs, brief=False):
     """Figures of a running job for `reaper stats`: from its cgroup, else summed over `procs`."""
     doc = {"name": job.name, "age_s": round(max(0.0, time.time() - job.entry.get("started", time.time())), 3),
            "processes": len(procs)}
-    cg = read_cgroup(job.cgroup) if job.cgroup else {}
+    cg = read_cgroup(job.cgroup, brief) if job.cgroup else {}
     if cg.get("cpu_user_s") is not None:
         doc.update(cpu_user_s=cg["cpu_user_s"], cpu_system_s=cg["cpu_system_s"], cpu_source=CG_SOURCE)
     else:
