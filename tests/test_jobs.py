@@ -216,6 +216,20 @@ def test_kill_passes_the_signal_and_the_grace_to_the_ladder(sandbox):
     sandbox.assert_empty()
 
 
+def test_kill_stops_a_job_in_its_own_pid_namespace(sandbox):
+    proc, _, _ = escaped_job(sandbox, "ns", extra=("--pidns",))
+    code, _, err = reaper_cmd(sandbox, "kill", "ns", "--grace", "300ms")
+    assert code == 0, err
+    assert proc.wait(timeout=10) in (137, 143)
+    sandbox.assert_empty()
+
+
+@pytest.mark.parametrize("command", ["ls", "ps", "ports", "stats", "kill"])
+def test_each_job_command_has_its_own_help(sandbox, command):
+    code, out, err = reaper_cmd(sandbox, command, "--help")
+    assert code == 0 and err == "" and out.startswith(f"usage: reaper {command}")
+
+
 @pytest.mark.parametrize("args, message", [
     (["kill", "nosuch"], "reaper: no job named 'nosuch'"),
     (["ps", "nosuch"], "reaper: no job named 'nosuch'"),
