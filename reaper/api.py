@@ -561,9 +561,8 @@ class Job:
         except BaseException:
             # Interrupted (Ctrl-C) while starting: the stop request waits in the
             # channel until the supervisor reads it; collect before re-raising.
-            self._chan.send({"op": "stop", "signal": self.stop_signal, "grace": self.grace})
             try:
-                self._wait_firmly()
+                self._wait_firmly({"op": "stop", "signal": self.stop_signal, "grace": self.grace})
             except ReaperError:
                 pass
             raise
@@ -675,24 +674,26 @@ class Job:
         """Send the stop signal to the whole job, SIGKILL after `grace`, wait until it is collected."""
         g = _seconds(grace, "grace")
         sig = self.stop_signal if signal is None else _signum(signal, "signal")
-        self._chan.send({"op": "stop", "signal": sig, "grace": self.grace if g is None else g})
-        return self._wait_firmly()
+        return self._wait_firmly({"op": "stop", "signal": sig, "grace": self.grace if g is None else g})
 
     def kill(self) -> Result:
         """SIGKILL the whole job now and wait until it is collected."""
-        self._chan.send({"op": "kill"})
-        return self._wait_firmly()
+        return self._wait_firmly({"op": "kill"})
 
-    def _wait_firmly(self) -> Result:
-        """Wait for the end; a Ctrl-C while waiting escalates to SIGKILL but still waits."""
+    def _wait_firmly(self, request: Optional[Dict[str, Any]] = None) -> Result:
+        """Send `request`, wait for the end; a Ctrl-C meanwhile escalates to SIGKILL but
+        still waits, and is re-raised once the job is collected."""
         interrupted: Optional[BaseException] = None
         while True:
             try:
+                if request is not None:
+                    self._chan.send(request)
+                    request = None
                 result = self.wait()
                 break
             except KeyboardInterrupt as e:
                 interrupted = e
-                self._chan.send({"op": "kill"})
+                request = {"op": "kill"}
         if interrupted is not None:
             raise interrupted
         return result
@@ -733,9 +734,9 @@ class Job:
     def close(self) -> Result:
         """Stop the job if it still runs, wait until it is collected, close our pipes."""
         try:
-            if self._result is None and self._lost_error is None and not self._reached("end"):
-                self._chan.send({"op": "stop", "signal": self.stop_signal, "grace": self.grace})
-            return self._wait_firmly()
+            running = self._result is None and self._lost_error is None and not self._reached("end")
+            return self._wait_firmly({"op": "stop", "signal": self.stop_signal, "grace": self.grace}
+                                     if running else None)
         finally:
             for stream in (self.stdin, self.stdout, self.stderr):
                 if stream is not None:
@@ -750,7 +751,9 @@ class Job:
     def __exit__(self, *exc: Any) -> None:
         try:
             self.close()
-        except SupervisorLost:
+        except (SupervisorLost, KeyboardInterrupt):
+            # A Ctrl-C during the stop has killed the job and still waited for it;
+            # if the block is already leaving by an exception, that one stays the only one.
             if exc[0] is None:
                 raise
 

@@ -336,3 +336,23 @@ def test_result_and_returncode_poll_without_blocking(sandbox):
     """)
     assert got == {"before": [None, None], "after": 4}
     sandbox.assert_empty()
+
+
+def test_ctrl_c_twice_in_a_with_block_kills_and_still_collects_before_leaving(sandbox):
+    # The job reports TERM and ignores it; grace 60 s.  The first Ctrl-C (SIGINT)
+    # starts the stop; the second, while the block waits for the job, kills it;
+    # the block is left once the job is collected, with one KeyboardInterrupt.
+    proc = caller(sandbox, """
+        with reaper.Job(helper("signals.py"), grace=60) as job:
+            job.wait()
+    """)
+    lines = Lines(proc.stdout)
+    lines.until("ready ", 30)
+    proc.send_signal(signal.SIGINT)
+    assert lines.until("got TERM", 30) == "got TERM"
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)       # well within the 60 s grace
+    err = proc.stderr.read().decode()
+    assert proc.returncode == -signal.SIGINT, err
+    assert err.count("KeyboardInterrupt") == 1, err
+    sandbox.assert_empty()
