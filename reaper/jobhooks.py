@@ -14,10 +14,25 @@ module beyond `_socket`, `_json` and `fcntl` is imported unless --stats asks.
 `REAPER_NO_REGISTRY=1` switches registration off (the bench's "before").
 """
 
+import errno
 import os
 import time
 
 from reaper.errors import ReaperError
+
+# Out of descriptors or memory, nothing else would work either: fail at once,
+# in one line, instead of warning and failing again a moment later.
+EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
+
+def _unregistered(e, name, explicit):
+    """Registration failed: raise for a named job or exhausted resources, else warn."""
+    cause = e if isinstance(e, OSError) else e.__context__
+    if isinstance(cause, OSError) and cause.errno in EXHAUSTED:
+        raise ReaperError(f"cannot register the job: {cause.strerror} (check ulimit -n)")
+    if explicit:
+        raise ReaperError(f"--name {name}: cannot register the job: {e}")
+    os.write(2, f"reaper: warning: running unregistered ({e})\n".encode(errors="replace"))
 
 
 class ExecHooks:
@@ -43,9 +58,7 @@ class ExecHooks:
         except registry.NameTaken:
             raise
         except (ReaperError, OSError) as e:
-            if explicit:
-                raise ReaperError(f"--name {name}: cannot register the job: {e}")
-            os.write(2, f"reaper: warning: running unregistered ({e})\n".encode(errors="replace"))
+            _unregistered(e, name, explicit)
             return
         self.name = self.registration.name
 
@@ -82,9 +95,7 @@ class ExecHooks:
             reg.publish(self.fields)
         except (ReaperError, OSError) as e:
             self.close()
-            if self.explicit:
-                raise ReaperError(f"--name {self.name}: cannot register the job: {e}")
-            os.write(2, f"reaper: warning: running unregistered ({e})\n".encode(errors="replace"))
+            _unregistered(e, self.name, self.explicit)
 
     # -- called by the supervisor -----------------------------------------
 
