@@ -23,11 +23,14 @@ This misses a process that leaves the tree on purpose (asks systemd or another
 daemon to start it), and makes pytest the reaper of those orphans: the plugin
 reaps them.  The header line says which mode is in use and why.
 
-Known limits: a process started by a session- or module-scoped fixture counts
+reaper's own Python API keeps its fork server, which outlives tests by design,
+in the runner (cgroup mode) or out of the count (fallback); a job a test
+started through the API and left running is still that test's leak, and is
+killed so that its supervisor collects it and removes its cgroup.
+
+Known limit: a process started by a session- or module-scoped fixture counts
 as a leak of the test during which it was started (mark such tests with
-`@pytest.mark.reaper_allow_leftovers`, or start it before the tests run);
-reaper's own Python API keeps its fork server in the runner cgroup, not the
-test's.
+`@pytest.mark.reaper_allow_leftovers`, or start it before the tests run).
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class CgroupJobs:
         self.kill_how = "cgroup.kill" if cgroup.has_kill(self.runner) else "freeze, signal, thaw"
         self.counter = 0
         self.current: Optional[str] = None
+        self.runner_jobs: Set[str] = set()
 
     def describe(self) -> str:
         return (f"each test in its own cgroup under {self.root} "
@@ -85,6 +89,14 @@ class CgroupJobs:
         self.current = os.path.join(self.root, f"t{self.counter:05d}.{safe}")
         os.mkdir(self.current)
         _write(os.path.join(self.current, "cgroup.procs"), "0")
+        self.runner_jobs = set(self._runner_jobs())
+
+    def _runner_jobs(self) -> List[str]:
+        """Job cgroups of reaper.api's supervisors, which live in the runner with the fork server."""
+        try:
+            return [d for d in os.listdir(self.runner) if d.startswith("reaper.")]
+        except OSError:
+            return []
 
     def leave(self) -> List[Tuple[int, str]]:
         """Move pytest out; return what is left (pid, command line), then collect it."""
@@ -96,6 +108,15 @@ class CgroupJobs:
         self._rescue_api_server(path)
         from reaper import cgroup
         leaked = [(pid, _cmdline(pid)) for pid in _cgroup_pids(path)]
+        # Jobs the test started through reaper.api after its fork server moved to
+        # the runner, and left running: kill them through their cgroup (their
+        # supervisor stays, sees the job end, reports and removes the directory).
+        for name in set(self._runner_jobs()) - self.runner_jobs:
+            job = os.path.join(self.runner, name)
+            pids = _cgroup_pids(job)
+            if pids:
+                leaked += [(pid, _cmdline(pid)) for pid in pids]
+                cgroup.JobCgroup(job).signal_all(9)
         if leaked:
             children = {pid for pid, _ in leaked if _ppid(pid) == os.getpid()}
             cgroup.remove_tree(path, wait_s=LEAK_WAIT_S)
@@ -145,36 +166,21 @@ class TreeJobs:
         self.before = set(_descendants(os.getpid()))
 
     def leave(self) -> List[Tuple[int, str]]:
-        import signal
         server = _api_server_pid()
         new = [key for key in _descendants(os.getpid())
                if key not in self.before and key[0] != server]
         _reap_zombies()
-        leaked = [(pid, _cmdline(pid)) for pid, _ in new if _state(pid) not in ("Z", None)]
-        if not leaked:
-            return []
-        # Stop first (a stopped process cannot fork), then kill, through pidfds
-        # so that a pid reused meanwhile is never signalled.
-        pidfds = {}
-        for pid, start in new:
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError:
-                continue
-            if _starttime(pid) == start:
-                pidfds[pid] = fd
-            else:
-                os.close(fd)
-        for sig in (signal.SIGSTOP, signal.SIGKILL):
-            for fd in pidfds.values():
-                try:
-                    signal.pidfd_send_signal(fd, sig)
-                except OSError:
-                    pass
-        deadline = time.monotonic() + LEAK_WAIT_S
-        for pid, fd in pidfds.items():
-            select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            os.close(fd)
+        # reaper.api's supervisors (children of its fork server) are not leaks
+        # themselves; their jobs are.  Killing the job lets the supervisor collect
+        # it, remove its cgroup and exit; SIGKILLing it would orphan the cgroup.
+        supervisors = [key for key in new if server is not None and _ppid(key[0]) == server]
+        rest = [key for key in new if key not in supervisors]
+        leaked = [(pid, _cmdline(pid)) for pid, _ in rest if _state(pid) not in ("Z", None)]
+        if leaked:
+            _signal_pinned(rest, ("SIGSTOP", "SIGKILL"))
+        if supervisors:
+            if not _signal_pinned(supervisors, ()):
+                _signal_pinned(supervisors, ("SIGKILL",))
         _reap_zombies()
         return leaked
 
@@ -191,6 +197,36 @@ def _api_server_pid() -> Optional[int]:
     if proc is None or getattr(server, "owner", None) != os.getpid():
         return None
     return int(proc.pid)
+
+
+def _signal_pinned(procs: List[Tuple[int, int]], signals: Tuple[str, ...]) -> bool:
+    """Send each signal to every (pid, start time) still alive, through pidfds (a pid
+    reused meanwhile is never signalled); then wait, bounded, for them to exit.
+    SIGSTOP first means none of them can fork meanwhile.  True if all exited."""
+    import signal
+    pidfds = {}
+    for pid, start in procs:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        if _starttime(pid) == start:
+            pidfds[pid] = fd
+        else:
+            os.close(fd)
+    for name in signals:
+        for fd in pidfds.values():
+            try:
+                signal.pidfd_send_signal(fd, getattr(signal, name))
+            except OSError:
+                pass
+    deadline = time.monotonic() + LEAK_WAIT_S
+    exited = True
+    for fd in pidfds.values():
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            exited = False
+        os.close(fd)
+    return exited
 
 
 def _cgroup_pids(path: str) -> List[int]:
