@@ -237,20 +237,11 @@ def _wait_exit(pidfd, timeout_s):
 def _ask_stop(job, sig, grace_s):
     """Through the control socket if reachable, else SIGTERM via the pidfd.  False if the supervisor is gone."""
     from reaper import control
-    ctl = job.entry.get("ctl")
-    if isinstance(ctl, str) and ctl == registry.ctl_name(job.pid, job.entry.get("starttime")):
-        try:
-            dir_fd = os.open(job.dir_path, registry.DIR_FLAGS)
-        except OSError:
-            dir_fd = None
-        if dir_fd is not None:
-            try:
-                control.send_stop(dir_fd, ctl, sig, grace_s)
-                return True
-            except OSError:
-                pass
-            finally:
-                os.close(dir_fd)
+    try:
+        control.send_stop(job.entry.get("ctl"), sig, grace_s)
+        return True
+    except OSError:
+        pass
     try:
         _signal.pidfd_send_signal(job.pidfd, _signal.SIGTERM)
     except ProcessLookupError:
@@ -281,12 +272,8 @@ def kill_job(job, sig=_signal.SIGTERM, grace_s=None):
     if not _wait_exit(job.pidfd, grace + KILL_MARGIN_S):
         from reaper import control
         try:
-            dir_fd = os.open(job.dir_path, registry.DIR_FLAGS)
-            try:
-                control.send_stop(dir_fd, job.entry.get("ctl"), _signal.SIGKILL, 0)
-            finally:
-                os.close(dir_fd)
-        except (OSError, TypeError):
+            control.send_stop(job.entry.get("ctl"), _signal.SIGKILL, 0)
+        except OSError:
             try:
                 _signal.pidfd_send_signal(job.pidfd, _signal.SIGTERM)   # a second TERM kills at once
             except ProcessLookupError:

@@ -1,24 +1,28 @@
 """The control channel: how `reaper kill` asks a running supervisor to stop its job.
 
-A unix datagram socket, `ctl.<pid>.<start time>` in the supervisor's (0700)
-registry directory.  The supervisor adds its descriptor to the poll(2) set it
-already sleeps in, so the channel costs no wake-up while nobody writes to it.
-It sets SO_PASSCRED, so the kernel attaches the sender's pid, uid and gid to
-each datagram (SCM_CREDENTIALS, unix(7)); an unprivileged sender cannot forge
-them.  Requests from any uid other than the supervisor's own or root are
-dropped.
+A unix datagram socket that the supervisor adds to the poll(2) set it already
+sleeps in, so the channel costs no wake-up while nobody writes to it.  It sets
+SO_PASSCRED, so the kernel attaches the sender's pid, uid and gid to each
+datagram (SCM_CREDENTIALS, unix(7)); an unprivileged sender cannot forge them.
+Requests from any uid other than the supervisor's own or root are dropped.
+
+The address is *autobound* (unix(7): bind with an empty address): the kernel
+picks an unused abstract name, five hex digits, which the registry entry
+records.  Nothing is created on disk, so registering costs no inode creation
+and removal on the exec path (measured: those two journalled operations were
+the slowest part of registering on ext4), and nobody can take the name before
+the supervisor does.  Abstract names live in the network namespace: a client
+in another one, or one whose send fails for any other reason, falls back to
+pidfd_send_signal(SIGTERM) (the supervisor's ladder with its own grace).  The
+client pins the supervisor with a pidfd before it sends (reaper.registry);
+once the supervisor is gone its name may be reused, so a request that races
+with its death could reach another socket -- which, lacking our credentials
+check, learns only that someone asked for a stop.
 
 Why not only signals: a stop needs a signal *and* a grace period, and a signal
-carries no argument.  The client still pins the supervisor with a pidfd first
-(reaper.registry) and falls back to pidfd_send_signal(SIGTERM) -- the
-supervisor's own stop ladder with its own grace -- when the socket cannot be
-reached.
+carries no argument (set_wakeup_fd passes only the number).
 
-Paths are reached through `/proc/self/fd/<registry dir fd>/<name>`, so a
-symlink planted in the registry path after it was verified is never followed;
-the result stays under the 108-byte sun_path limit whatever the registry path.
-
-The request is one line of ASCII: `stop <signal number> <grace seconds>`.
+The request is one line of ASCII: `stop <signal number> <grace seconds|->`.
 `_socket` is used directly: `socket` imports enum, selectors and more (~4 ms),
 on every `reaper exec`.
 """
@@ -30,30 +34,26 @@ import _socket
 MAX_REQUEST = 256
 
 
-def _addr(dir_fd, name):
-    return f"/proc/self/fd/{dir_fd}/{name}"
+def _valid(name):
+    return isinstance(name, str) and 0 < len(name) <= 16 and all(c in "0123456789abcdef" for c in name)
 
 
 class Listener:
-    """The supervisor's end: bound in the registry directory, polled for POLLIN."""
+    """The supervisor's end, polled for POLLIN.  `name` goes into the registry entry."""
 
-    def __init__(self, dir_fd, name):
-        self.dir_fd = dir_fd
-        self.name = name
+    def __init__(self):
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC
                               | _socket.SOCK_NONBLOCK)
         try:
             sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
-            try:
-                os.unlink(name, dir_fd=dir_fd)      # left by a dead process with our pid and start time? never, but cheap
-            except FileNotFoundError:
-                pass
-            sock.bind(_addr(dir_fd, name))
+            sock.bind("")       # autobind: the kernel picks a free abstract name
+            address = sock.getsockname()
         except OSError:
             sock.close()
             raise
         self.sock = sock
         self.fd = sock.fileno()
+        self.name = address[1:].decode("ascii") if isinstance(address, bytes) else address[1:]
         self.uid = os.geteuid()
 
     def receive(self):
@@ -78,10 +78,6 @@ class Listener:
 
     def close(self):
         self.sock.close()
-        try:
-            os.unlink(self.name, dir_fd=self.dir_fd)
-        except OSError:
-            pass
 
 
 def parse(data):
@@ -99,11 +95,13 @@ def parse(data):
     return sig, grace
 
 
-def send_stop(dir_fd, name, sig, grace_s):
-    """Ask the supervisor listening at `name` to stop its job.  Raises OSError if unreachable."""
+def send_stop(name, sig, grace_s):
+    """Ask the supervisor listening at abstract `name` to stop its job.  OSError if unreachable."""
+    if not _valid(name):
+        raise OSError(22, f"not a control socket name: {name!r}")
     grace = "-" if grace_s is None else repr(float(grace_s))
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
     try:
-        sock.sendto(f"stop {int(sig)} {grace}".encode(), _socket.MSG_DONTWAIT, _addr(dir_fd, name))
+        sock.sendto(f"stop {int(sig)} {grace}".encode(), _socket.MSG_DONTWAIT, b"\0" + name.encode("ascii"))
     finally:
         sock.close()

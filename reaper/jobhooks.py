@@ -9,8 +9,9 @@ it calls these hooks at four points of its life:
 The CLI calls close() after the supervisor returned, and report(code) for --stats.
 
 Costs on the exec path, measured in bench/ (metric `registry`): the name claim
-(one open + flock), one small file written by rename, one socket bound; no
-module beyond `_socket`, `_json` and `fcntl` is imported unless --stats asks.
+(one open + flock), one small file written by rename (twice: before the start,
+then with the main pid), one socket autobound; no module beyond `_socket` and
+`fcntl` is imported unless --stats asks.
 `REAPER_NO_REGISTRY=1` switches registration off (the bench's "before").
 """
 
@@ -77,20 +78,20 @@ class ExecHooks:
         """
         if self.registration is None:
             return
-        from reaper import control, registry
+        from reaper import control
         reg = self.registration
-        me = os.getpid()
         try:
-            name = registry.ctl_name(me, registry.start_time(me))
-            self.listener = control.Listener(reg.dir_fd, name)
-            reg.ctl_name = name
+            if os.environ.get("REAPER_NO_CONTROL_SOCKET"):     # tests: force kill's fallback
+                raise OSError(errno.ENOTSUP, "disabled by REAPER_NO_CONTROL_SOCKET")
+            self.listener = control.Listener()
         except OSError as e:
             self.log(f"no control socket ({e.strerror}); `reaper kill` will signal the supervisor")
         job = getattr(containment, "job", None)
         self.fields = {"main_pid": None, "containment": containment.name, "argv": list(self.argv),
                        "cgroup": job.path if job is not None else None,
                        "cgroup_ino": os.fstat(job.lock_fd).st_ino if job is not None else None,
-                       "ctl": reg.ctl_name, "cwd": _cwd(), "grace_s": grace_s}
+                       "ctl": self.listener.name if self.listener else None, "cwd": _cwd(),
+                       "grace_s": grace_s}
         try:
             reg.publish(self.fields)
         except (ReaperError, OSError) as e:

@@ -206,6 +206,15 @@ def test_kill_stops_a_term_ignoring_tree_and_returns_when_nothing_is_left(sandbo
     sandbox.assert_empty()
 
 
+def test_kill_without_a_control_socket_signals_the_pinned_supervisor(sandbox):
+    env = dict(sandbox.env, REAPER_NO_CONTROL_SOCKET="1")
+    proc, main, daemons = escaped_job(sandbox, "nosock", env=env)
+    code, _, err = reaper_cmd(sandbox, "kill", "nosock")
+    assert code == 0, err
+    assert proc.wait(timeout=10) == 143      # the supervisor's own ladder, its own 300 ms grace
+    sandbox.assert_empty()
+
+
 def test_kill_passes_the_signal_and_the_grace_to_the_ladder(sandbox):
     proc, out = start_job(sandbox, "sig", *helper("signals.py"))
     out.until("ready ")
@@ -445,22 +454,18 @@ def test_users_see_and_stop_only_their_own_jobs_and_root_sees_all(sandbox, world
 
 
 def test_the_control_socket_ignores_other_users(sandbox, world):
-    """A datagram from another uid reaching the socket is dropped (SCM_CREDENTIALS)."""
+    """A datagram from another uid is dropped (SCM_CREDENTIALS): abstract sockets
+    have no file permissions, so anyone in the network namespace can send one."""
     proc, out = start_job(sandbox, "guarded", *helper("signals.py"))
     out.until("ready ")
-    reg = os.path.join(sandbox.registry, "0")
-    ctl = [n for n in os.listdir(reg) if n.startswith("ctl.")][0]
-    # Open the way for this test only: nobody may reach the socket file.
-    os.chmod(reg, 0o711)
-    os.chmod(os.path.join(reg, ctl), 0o777)
-    try:
-        sender = sandbox.spawn(NOBODY + [sys.executable, "-c",
-                                         "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM);"
-                                         "s.sendto(b'stop 9 0', sys.argv[1]); print('sent', flush=True)",
-                                         os.path.join(reg, ctl)], stdout=subprocess.PIPE)
-        assert sender.communicate(timeout=30)[0] == b"sent\n"
-    finally:
-        os.chmod(reg, 0o700)
+    with open(os.path.join(sandbox.registry, "0", "guarded.json")) as f:
+        ctl = json.load(f)["ctl"]
+    assert ctl and not [n for n in os.listdir(os.path.join(sandbox.registry, "0")) if "ctl" in n]
+    sender = sandbox.spawn(NOBODY + [sys.executable, "-c",
+                                     "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM);"
+                                     "s.sendto(b'stop 9 0', b'\\0' + sys.argv[1].encode()); print('sent', flush=True)",
+                                     ctl], stdout=subprocess.PIPE)
+    assert sender.communicate(timeout=30)[0] == b"sent\n"
     # A request of our own right after: the supervisor handles datagrams in order,
     # so once USR1 arrives the forged SIGKILL request has been seen and dropped.
     code, _, err = reaper_cmd(sandbox, "kill", "guarded", "--signal", "USR1", "--grace", "200ms")
