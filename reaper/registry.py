@@ -282,6 +282,7 @@ class Registration:
         self.path = path or dir_for()
         self.dir_fd = open_dir(self.path, create=True)
         self.lock_fd = None
+        self.identity = None
         try:
             candidates = [name] if explicit else [name] + [f"{name}-{n}" for n in range(2, 1000)]
             for candidate in candidates:
@@ -304,9 +305,11 @@ class Registration:
     def publish(self, fields):
         """Write NAME.json atomically; `fields` come from the supervisor once the job runs."""
         me = os.getpid()
-        entry = {"version": VERSION, "name": self.name, "uid": os.geteuid(), "pid": me,
-                 "starttime": start_time(me), "boot_id": boot_id(), "pidns": pidns_id(),
-                 "started": time.time()}
+        if self.identity is None:       # once: the second publish only adds the main pid
+            self.identity = {"version": VERSION, "name": self.name, "uid": os.geteuid(), "pid": me,
+                             "starttime": start_time(me), "boot_id": boot_id(), "pidns": pidns_id(),
+                             "started": time.time()}
+        entry = dict(self.identity)
         entry.update(fields)
         data = _encode(entry).encode() + b"\n"
         tmp = f"{self.name}{ENTRY_SUFFIX}.{me}.tmp"
