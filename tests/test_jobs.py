@@ -94,6 +94,23 @@ def test_a_taken_name_fails_with_125_before_the_job_starts(sandbox):
     sandbox.assert_empty()
 
 
+def test_two_jobs_racing_for_one_name_get_it_once(sandbox):
+    procs = [sandbox.reaper("exec", "--name", "race", "--", *helper("signals.py"), "--stop-exit", "0",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    # The winner's job prints `ready`; a loser's stdout ends when it exits.
+    losers = [p for p in procs if Lines(p.stdout).next(30) is None]
+    assert len(losers) == 3, [p.poll() for p in procs]
+    for p in losers:
+        p.wait(timeout=30)
+    for p in losers:
+        assert p.returncode == 125 and b"a running job already has this name" in p.stderr.read()
+    winner = [p for p in procs if p not in losers][0]
+    code, _, err = reaper_cmd(sandbox, "kill", "race")
+    assert code == 0, err
+    assert winner.wait(timeout=10) == 0
+    sandbox.assert_empty()
+
+
 def test_unnamed_jobs_get_unique_names(sandbox):
     first, _ = start_job(sandbox, None, *helper("signals.py"), "--stop-exit", "0")
     second, _ = start_job(sandbox, None, *helper("signals.py"), "--stop-exit", "0")
