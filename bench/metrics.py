@@ -565,11 +565,19 @@ def _read_byte(fd, timeout_s):
     return bool(os.read(fd, 1))
 
 
+from apibench import api  # noqa: E402  -- the Python API's own metric module
+
 METRICS = {"startup": startup, "idle": idle, "teardown": teardown, "orphans": orphans,
-           "signal": signals}
+           "signal": signals, "api": api}
 # --only accepts these names; rss and idle share one phase.
 ALIASES = {"rss": "idle", "idle": "idle", "startup": "startup", "teardown": "teardown",
-           "orphans": "orphans", "signal": "signal", "signals": "signal"}
+           "orphans": "orphans", "signal": "signal", "signals": "signal", "api": "api"}
+
+
+# Named jobs (issue 10): bench/jobs.py
+import jobs  # noqa: E402
+METRICS.update(jobs.METRICS)
+ALIASES.update({name: name for name in jobs.METRICS})
 
 
 def warm(bench):

@@ -108,6 +108,11 @@ def targets(doc):
                 None if x is None else f"{x:.2f}x", None if x is None else x <= 2,
                 "" if not c or c["median"] is None else
                 f"{c['median']:.0f} us vs tini {_get(sig, 'contestants', 'tini', 'median') or 0:.0f} us")
+    if m.get("api"):
+        import apibench
+        apibench.targets(m["api"], add)
+    import jobs
+    jobs.targets(m, add)
     return out
 
 
@@ -237,6 +242,11 @@ def markdown(doc):
                                             td["grace_s"] * 1000))
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
+    if m.get("api"):
+        import apibench
+        lines += apibench.markdown(m["api"])
+    import jobs
+    lines += jobs.markdown(m)
     ts = doc.get("targets", [])
     if ts:
         lines.append("Targets (reaper, both containments):")

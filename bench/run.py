@@ -1,6 +1,6 @@
 """Benchmark entry point: reaper against the alternatives, side by side, in one run.
 
-    python bench/run.py [--quick] [--only startup,rss,idle,teardown,orphans,signal]
+    python bench/run.py [--quick] [--only startup,rss,idle,teardown,orphans,signal,api]
                         [--reaper CMD] [--json PATH] [--runs N] ...
 
 It installs nothing: contestants that are missing (tini, dumb-init, catatonit,
@@ -39,23 +39,25 @@ sys.path.insert(0, HERE)
 
 import benchlib as bl  # noqa: E402
 
-METRIC_ORDER = ("startup", "idle", "teardown", "orphans", "signal")
+METRIC_ORDER = ("startup", "idle", "teardown", "orphans", "signal", "api")
+METRIC_ORDER += ("registry", "kill", "ls")      # named jobs: bench/jobs.py
 
 FULL = {"startup_runs": 60, "startup_warmup": 3, "idle_window": 10.0, "idle_settle": 1.0,
         "sizes": [100, 1000, 10000], "big_n": 5000, "big_reps": 1, "teardown_reps": 3, "grace": 1.0, "cap_extra": 2.0, "settle": 0.5,
         "build_timeout": 60.0, "orphans": 5000, "orphans_batch": 25, "orphans_reps": 5,
         "orphans_sample_in_timing": False, "zombie_sample_ms": 5, "orphans_timeout": 120.0,
-        "signal_runs": 1000, "signal_warmup": 20}
+        "signal_runs": 1000, "signal_warmup": 20, "api_runs": 200, "api_warmup": 10}
 QUICK = dict(FULL, sizes=[100, 1000], startup_runs=10, startup_warmup=1, idle_window=3.0, idle_settle=0.5,
              teardown_reps=1, grace=0.5, cap_extra=1.0, settle=0.3, orphans_reps=1,
-             orphans_sample_in_timing=True, signal_runs=200, signal_warmup=10)
+             orphans_sample_in_timing=True, signal_runs=200, signal_warmup=10, api_runs=40,
+             api_warmup=3)
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller, faster run (< 2 minutes)")
     p.add_argument("--only", default="", help="comma-separated: startup, rss, idle, teardown, "
-                   "orphans, signal (rss and idle are one phase)")
+                   "orphans, signal, api (rss and idle are one phase)")
     p.add_argument("--reaper", default="", help="command that runs reaper (default: the `reaper` "
                    "next to this Python, else `python -m reaper`)")
     p.add_argument("--json", default=os.path.join(HERE, "results.json"), help="where to write JSON")
@@ -79,7 +81,7 @@ def parse_args(argv):
     args.metrics = [m for m in METRIC_ORDER if not names or m in names]
     cfg = dict(QUICK if args.quick else FULL)
     if args.runs:
-        cfg["startup_runs"] = cfg["signal_runs"] = max(1, args.runs)
+        cfg["startup_runs"] = cfg["signal_runs"] = cfg["api_runs"] = max(1, args.runs)
         cfg["startup_warmup"] = min(cfg["startup_warmup"], 1)
         cfg["signal_warmup"] = min(cfg["signal_warmup"], 2)
     if args.sizes:

@@ -12,6 +12,43 @@ that `reaper exec` loads only what it uses:
 - terminal: foreground process group and job control
 - pidns: --pidns, a pid namespace whose init dies with reaper
 - doctor: what this machine offers, for humans and for --json
+- api, aio, forkserver: the Python API (run, Job, arun, AsyncJob) and its supervisors
+- pytest: the pytest plugin (`pytest -p reaper.pytest`)
+
+The API names below are imported on first use (PEP 562), so `reaper exec`,
+which imports this package too, does not pay for them.
 """
 
+from __future__ import annotations
+
+TYPE_CHECKING = False     # not `from typing import ...`: typing costs ~10 ms on `reaper exec`
+
 __version__ = "0.1.0"
+
+_API = {"run": "reaper.api", "Job": "reaper.api", "Result": "reaper.api",
+        "ProcessInfo": "reaper.api", "PIPE": "reaper.api", "DEVNULL": "reaper.api",
+        "STDOUT": "reaper.api", "UsageError": "reaper.api", "CommandNotFound": "reaper.api",
+        "CommandNotExecutable": "reaper.api", "JobTimeout": "reaper.api",
+        "JobFailed": "reaper.api", "SupervisorLost": "reaper.api", "WaitTimeout": "reaper.api",
+        "ReaperError": "reaper.errors", "arun": "reaper.aio", "AsyncJob": "reaper.aio"}
+
+__all__ = sorted(_API)
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from reaper.aio import AsyncJob, arun  # noqa: F401
+    from reaper.api import (DEVNULL, PIPE, STDOUT, CommandNotExecutable,  # noqa: F401
+                            CommandNotFound, Job, JobFailed, JobTimeout, ProcessInfo, Result,
+                            SupervisorLost, UsageError, WaitTimeout, run)
+    from reaper.errors import ReaperError  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reaper' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

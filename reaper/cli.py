@@ -18,6 +18,9 @@ USAGE = """\
 usage: reaper exec [OPTIONS] [--] CMD [ARG...]   run CMD; return when nothing of it is left
        reaper doctor [--json]                    what this machine offers, and what exec will use
        reaper gc [-v] [--cgroup-parent PATH]     collect jobs whose reaper was killed
+       reaper ls [--json] [--all]                the running jobs of this user (root: of all)
+       reaper ps|ports|stats NAME [--json]       a job's processes, sockets, resource use
+       reaper kill NAME [--signal SIG] [--grace DURATION]   stop a job and wait until it is gone
        reaper --version
 `reaper COMMAND --help` shows the options of COMMAND.
 """
@@ -39,6 +42,11 @@ options:
   --stop-signal SIG      signal for leftovers and on timeout (default TERM)
   --wait-all             after the main process exits, wait for the rest to exit
   --pidns                run the job in a new pid namespace (dies with reaper)
+  --stats                print what the job cost on stderr at the end
+  --stats-json FILE      write the same as JSON to FILE
+  --memory-max SIZE      memory limit of the job cgroup (e.g. 512M, 1.5G)
+  --pids-max N           process limit of the job cgroup
+  --cpu-max CPUS         CPU bandwidth limit of the job cgroup (e.g. 1.5)
 
 DURATION: 1.5, 500ms, 10s, 2m, 1h.  Exit status: the job's; 128+N if it died of
 signal N; 124 timeout; 125 reaper failed; 126 not executable; 127 not found.
@@ -63,9 +71,12 @@ DEFAULT_GRACE = "10s"
 PID1_GRACE = "8s"       # docker/podman stop wait 10s, Kubernetes 30s: finish first
 MAX_DURATION_S = 10 * 366 * 86400.0
 
-EXEC_FLAGS = {"-v": "verbose", "--verbose": "verbose", "--wait-all": "wait_all", "--pidns": "pidns"}
+EXEC_FLAGS = {"-v": "verbose", "--verbose": "verbose", "--wait-all": "wait_all", "--pidns": "pidns",
+              "--stats": "stats"}
 EXEC_VALUES = {"--name": "name", "--containment": "containment", "--cgroup-parent": "cgroup_parent",
-               "--timeout": "timeout", "--grace": "grace", "--stop-signal": "stop_signal"}
+               "--timeout": "timeout", "--grace": "grace", "--stop-signal": "stop_signal",
+               "--stats-json": "stats_json", "--memory-max": "memory_max", "--pids-max": "pids_max",
+               "--cpu-max": "cpu_max"}
 UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
 
 
@@ -115,7 +126,8 @@ def default_name(cmd):
 def parse_exec(args):
     opts = {"verbose": False, "wait_all": False, "pidns": False, "name": None,
             "containment": "auto", "cgroup_parent": None, "timeout": None,
-            "grace": PID1_GRACE if os.getpid() == 1 else DEFAULT_GRACE, "stop_signal": "TERM"}
+            "grace": PID1_GRACE if os.getpid() == 1 else DEFAULT_GRACE, "stop_signal": "TERM",
+            "stats": False, "stats_json": None, "memory_max": None, "pids_max": None, "cpu_max": None}
     i = 0
     while i < len(args):
         arg = args[i]
@@ -151,7 +163,12 @@ def parse_exec(args):
     if opts["cgroup_parent"] == "":
         raise ReaperError("--cgroup-parent: empty path")
     opts["stop_signal"] = parse_signal(opts["stop_signal"])
+    opts["name_explicit"] = opts["name"] is not None
     opts["name"] = check_name(opts["name"]) if opts["name"] is not None else default_name(argv[0])
+    opts["limits"] = None
+    if opts["memory_max"] is not None or opts["pids_max"] is not None or opts["cpu_max"] is not None:
+        from reaper import limits
+        opts["limits"] = limits.parse(opts["memory_max"], opts["pids_max"], opts["cpu_max"])
     return opts, argv
 
 
@@ -173,14 +190,32 @@ def make_log(verbose):
     return lambda msg: say(f"reaper: {msg}\n")
 
 
-def cmd_exec(args):
+def cmd_exec(args, control=None):
     global _collected
     opts, argv = parse_exec(args)
     log = make_log(opts["verbose"])
     from reaper import containment
     from reaper.supervisor import Supervisor
-    holder = containment.choose(opts["containment"], opts["name"], opts["cgroup_parent"],
-                                own_init=opts["pidns"])
+    from reaper.jobhooks import ExecHooks
+    hooks = ExecHooks(opts["name"], opts["name_explicit"], argv, stats_summary=opts["stats"],
+                      stats_json=opts["stats_json"], log=log)
+    try:
+        code = _exec_registered(opts, argv, log, hooks, containment, Supervisor, control)
+    finally:
+        hooks.close()
+    hooks.report(code)
+    _collected = True
+    return code
+
+
+def _exec_registered(opts, argv, log, hooks, containment, Supervisor, control):
+    holder = containment.choose(opts["containment"], hooks.name, opts["cgroup_parent"],
+                                own_init=opts["pidns"], limits=opts["limits"])
+    try:
+        hooks.prepare(holder, opts["grace"])
+    except BaseException:
+        holder.close()
+        raise
     if log:
         log(f"containment: {holder.name}: {holder.reason}")
         if not opts["pidns"] and os.getpid() != 1:
@@ -192,10 +227,8 @@ def cmd_exec(args):
         before_exec = pidns.prepare(argv, log, opts["grace"], opts["stop_signal"], opts["wait_all"])
     sup = Supervisor(argv, holder, grace_s=opts["grace"], timeout_s=opts["timeout"],
                      stop_signal=opts["stop_signal"], wait_all=opts["wait_all"], log=log,
-                     before_exec=before_exec)
-    code = sup.run()
-    _collected = True
-    return code
+                     before_exec=before_exec, hooks=hooks, control=control)
+    return sup.run()
 
 
 def cmd_doctor(args):
@@ -227,10 +260,19 @@ def cmd_gc(args):
         else:
             raise ReaperError(f"gc: unknown option {args[i]!r}")
         i += 1
+    from reaper import commands_jobs
+    removed, entries = commands_jobs.gc_registry()
+    if verbose:
+        for entry in entries:
+            say(f"reaper: gc: removed stale {entry}\n")
     _, where, problem = containment.probe(parent)
     if where is None or problem:
-        raise ReaperError(f"gc: {problem}")
-    removed = cgroup.collect_stale(where)
+        if parent is not None:
+            raise ReaperError(f"gc: {problem}")
+        if verbose:
+            say(f"reaper: gc: not looking for job cgroups: {problem}\n")
+        where = None
+    removed += cgroup.collect_stale(where) if where else []
     for path in removed:
         say(f"removed {path}\n", 1)
     if verbose:
@@ -241,7 +283,17 @@ def cmd_gc(args):
 _collected = False      # set once `exec` has collected its job and removed its cgroup
 
 
-COMMANDS = {"exec": cmd_exec, "doctor": cmd_doctor, "gc": cmd_gc}
+def cmd_jobs(command):
+    def run(args):
+        from reaper import commands_jobs
+        if any(a in HELP for a in args):
+            raise Help(commands_jobs.USAGE[command])
+        return commands_jobs.COMMANDS[command](args)
+    return run
+
+
+COMMANDS = {"exec": cmd_exec, "doctor": cmd_doctor, "gc": cmd_gc,
+            **{c: cmd_jobs(c) for c in ("ls", "ps", "ports", "stats", "kill")}}
 
 
 def report(error):

@@ -130,16 +130,23 @@ def probe(parent_option=None):
     return h, parent, None
 
 
-def choose(mode, name, parent_option=None, own_init=False):
+def choose(mode, name, parent_option=None, own_init=False, limits=None):
     """Set up containment for one job.  mode: auto, cgroup or pgroup.
+
+    limits: {cgroup file: value} from reaper.limits; they need a job cgroup.
 
     own_init: the job runs under an init of its own (--pidns), which collects
     it; reaper's tree is then that one child.
     """
     if mode == "pgroup":
+        if limits:
+            raise ReaperError("resource limits need a job cgroup, not --containment pgroup")
         return _tree("chosen with --containment pgroup", own_init)
     h, parent, problem = probe(parent_option)
     if problem is None:
+        if limits:
+            from reaper import limits as resource_limits
+            resource_limits.prepare(parent, limits)
         cgroup.collect_stale(parent)
         home = (h.mount, h.mount_root, h.own_dir())
         try:
@@ -147,10 +154,18 @@ def choose(mode, name, parent_option=None, own_init=False):
         except OSError as e:
             problem = f"cannot create a cgroup under {parent}: {e.strerror}"
         else:
+            if limits:
+                try:
+                    resource_limits.apply(job.path, limits)
+                except BaseException:
+                    job.close()
+                    raise
             how = "cgroup.kill" if job.use_kill else "freeze, signal, thaw"
             return CgroupContainment(job, f"{job.path} (stop by {how})")
     if mode == "cgroup":
         raise ReaperError(f"--containment cgroup: {problem}")
+    if limits:
+        raise ReaperError(f"resource limits need a job cgroup: {problem}")
     return _tree(f"subreaper + process group, because {problem}", own_init)
 
 

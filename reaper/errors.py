@@ -6,6 +6,11 @@ user will see; reaper.cli is the only place that turns it into a one-line
 chroot(1), so scripts that already understand those understand reaper.
 """
 
+# Commands that act on a registered job (ls, ps, ports, stats, kill):
+EXIT_NO_JOB = 3         # no live job of that name visible to this user
+EXIT_NOT_PERMITTED = 4  # the job exists but this user may not act on it
+EXIT_NOT_STOPPED = 5    # reaper kill: something of the job was still alive at the deadline
+
 EXIT_TIMEOUT = 124      # --timeout expired
 EXIT_FAILURE = 125      # reaper itself failed: bad usage, no cgroup, ...
 EXIT_NOEXEC = 126       # CMD was found but could not be executed

@@ -73,8 +73,9 @@ def _ignore(signum, frame):
 class Supervisor:
     def __init__(self, argv, containment, grace_s=10.0, timeout_s=None,
                  stop_signal=_signal.SIGTERM, wait_all=False, log=None,
-                 before_exec=None):
+                 before_exec=None, hooks=None, control=None):
         self.argv = argv
+        self.hooks = hooks      # reaper.jobhooks: registry, `reaper kill`, accounting
         self.containment = containment
         self.grace_s = grace_s
         self.timeout_s = timeout_s
@@ -93,6 +94,7 @@ class Supervisor:
         self.kill_at = None
         self.timeout_at = None
         self.terminal = None
+        self.control = control      # reaper.forkserver's channel to a Python caller, or None
         self.transitions = {RUNNING: self._running, DRAINING: self._draining,
                             STOPPING: self._stopping, KILLING: self._killing}
 
@@ -147,6 +149,10 @@ class Supervisor:
         )
         self.pgid = self.pid
         self.log(f"started pid {self.pid}: {' '.join(self.argv)}")
+        if self.hooks:
+            self.hooks.started(self)
+        if self.control is not None:
+            self.control.started(self)
         if self.timeout_s is not None:
             self.timeout_at = time.monotonic() + self.timeout_s
 
@@ -164,6 +170,8 @@ class Supervisor:
         finally:
             if self.terminal is not None and self.pgid is not None:
                 self.terminal.restore(self.pgid)
+            if self.hooks and self.pgid is not None:
+                self.hooks.collected(self)      # before the cgroup (and its counters) goes
             self.containment.close()
         if self.timed_out:
             return EXIT_TIMEOUT
@@ -175,6 +183,11 @@ class Supervisor:
         poller.register(self.wake_r, select.POLLIN)
         if self.containment.events_fd is not None:
             poller.register(self.containment.events_fd, select.POLLPRI)
+        if self.control is not None:
+            poller.register(self.control.fd, select.POLLIN)
+        hook_fds = self.hooks.fds if self.hooks else ()
+        for fd in hook_fds:
+            poller.register(fd, select.POLLIN)
         while True:
             self._reap()
             if self._collected():
@@ -186,6 +199,11 @@ class Supervisor:
             for fd, _ in poller.poll(self._poll_timeout_ms()):
                 if fd == self.containment.events_fd:
                     self.containment.empty()    # reading cgroup.events re-arms POLLPRI
+                elif fd in hook_fds:
+                    self.hooks.on_fd(self, fd)
+                elif self.control is not None and fd == self.control.fd:
+                    if not self.control.readable(self):
+                        poller.unregister(fd)       # the caller is gone: EOF stays readable
             self._drain_signals()
 
     def _poll_timeout_ms(self):
@@ -314,11 +332,26 @@ class Supervisor:
         if event == LATE_MEMBERS:
             self.containment.signal_outsiders(SIGKILL, sig)
 
+    def request_stop(self, sig, grace_s, why):
+        """A stop asked for from outside (`reaper kill`): what a received TERM does,
+        with this signal and grace (grace 0: kill at once)."""
+        if grace_s is not None:
+            self.grace_s = grace_s
+        if self.state in (RUNNING, DRAINING):
+            if grace_s == 0:
+                self._kill(why)
+            else:
+                self._stop(sig, why)
+        elif self.state == STOPPING:
+            self._kill(f"{why}, a second stop request")
+
     # -- actions --------------------------------------------------------
 
     def _stop(self, sig, why):
         self.log(f"stopping: {why}; signal {sig} to every process of the job, "
                  f"SIGKILL after {self.grace_s:g}s")
+        if self.hooks:
+            self.hooks.stopping(self, why)
         self.state = STOPPING
         self.stopped_by = sig
         self.containment.signal_all(sig)
@@ -326,6 +359,8 @@ class Supervisor:
 
     def _kill(self, why):
         self.log(f"killing: {why}")
+        if self.hooks:
+            self.hooks.stopping(self, why)
         self.state = KILLING
         self.kill_at = None
         self._killpg(SIGKILL)

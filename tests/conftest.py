@@ -100,16 +100,45 @@ def describe(pid):
         return str(pid)
 
 
+# Controllers the environment guarantees in pytest's own cgroup (the VM lane
+# exports cpu,memory,pids); tests of limits need them in the test cgroups.
+TEST_CONTROLLERS = os.environ.get("REAPER_TEST_CONTROLLERS", "").replace(",", " ").split()
+
+
+def _delegate_controllers(parent):
+    """Make TEST_CONTROLLERS available below `parent`; return how to undo it.
+
+    cgroup v2 lets a cgroup enable controllers for its children only while it
+    has no processes of its own (the no-internal-process rule), so pytest
+    first moves into a leaf of its own, `parent/pytest.<marker>`.
+    """
+    leaf = os.path.join(parent, f"pytest.{MARKER}")
+    os.mkdir(leaf)
+    _cg_write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
+    _cg_write(os.path.join(parent, "cgroup.subtree_control"), " ".join("+" + c for c in TEST_CONTROLLERS))
+
+    def undo():
+        _cg_write(os.path.join(parent, "cgroup.subtree_control"), " ".join("-" + c for c in TEST_CONTROLLERS))
+        _cg_write(os.path.join(parent, "cgroup.procs"), str(os.getpid()))
+        os.rmdir(leaf)
+    return undo
+
+
 @pytest.fixture(scope="session")
 def cg_root():
     hier = cgroup.Hierarchy()
     parent = hier.own_dir()
     if parent is None or not cgroup.writable(parent):
         pytest.skip("tests need a writable cgroup2 hierarchy (run as root)")
+    undo = _delegate_controllers(parent) if TEST_CONTROLLERS else None
     path = os.path.join(parent, f"reaper-tests.{MARKER}")
     os.mkdir(path)
+    if TEST_CONTROLLERS:
+        _cg_write(os.path.join(path, "cgroup.subtree_control"), " ".join("+" + c for c in TEST_CONTROLLERS))
     yield path
     cg_destroy(path)
+    if undo:
+        undo()
     leftovers = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -194,6 +223,11 @@ def sandbox(cg_root, request, tmp_path):
     path = os.path.join(cg_root, f"{name}.{uuid.uuid4().hex[:6]}")
     os.mkdir(path)
     box = Sandbox(path, tmp_path)
+    # A job registry of the test's own (reaper.registry: BASE/<uid>/), sticky
+    # and world-writable like /tmp so that `nobody` can make its own there.
+    box.registry = tempfile.mkdtemp(prefix=f"reaper-registry-{MARKER}-")
+    os.chmod(box.registry, 0o1777)
+    box.env["REAPER_REGISTRY"] = box.registry
     failed_before = request.session.testsfailed
     try:
         yield box
@@ -206,6 +240,7 @@ def sandbox(cg_root, request, tmp_path):
         leaked_dirs = [d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))]
         box.kill_all()
         cg_destroy(path)
+        shutil.rmtree(box.registry, ignore_errors=True)
         if request.session.testsfailed == failed_before:
             assert not leaked, f"test leaked processes: {leaked}"
             assert not leaked_dirs, f"test leaked cgroups: {leaked_dirs}"
