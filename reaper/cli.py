@@ -39,6 +39,7 @@ options:
   --stop-signal SIG      signal for leftovers and on timeout (default TERM)
   --wait-all             after the main process exits, wait for the rest to exit
   --pidns                run the job in a new pid namespace (dies with reaper)
+  --notify-ready         under systemd Type=notify: send READY=1 once the job started
 
 DURATION: 1.5, 500ms, 10s, 2m, 1h.  Exit status: the job's; 128+N if it died of
 signal N; 124 timeout; 125 reaper failed; 126 not executable; 127 not found.
@@ -63,7 +64,8 @@ DEFAULT_GRACE = "10s"
 PID1_GRACE = "8s"       # docker/podman stop wait 10s, Kubernetes 30s: finish first
 MAX_DURATION_S = 10 * 366 * 86400.0
 
-EXEC_FLAGS = {"-v": "verbose", "--verbose": "verbose", "--wait-all": "wait_all", "--pidns": "pidns"}
+EXEC_FLAGS = {"-v": "verbose", "--verbose": "verbose", "--wait-all": "wait_all", "--pidns": "pidns",
+              "--notify-ready": "notify_ready"}
 EXEC_VALUES = {"--name": "name", "--containment": "containment", "--cgroup-parent": "cgroup_parent",
                "--timeout": "timeout", "--grace": "grace", "--stop-signal": "stop_signal"}
 UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
@@ -113,7 +115,7 @@ def default_name(cmd):
 
 
 def parse_exec(args):
-    opts = {"verbose": False, "wait_all": False, "pidns": False, "name": None,
+    opts = {"verbose": False, "wait_all": False, "pidns": False, "notify_ready": False, "name": None,
             "containment": "auto", "cgroup_parent": None, "timeout": None,
             "grace": PID1_GRACE if os.getpid() == 1 else DEFAULT_GRACE, "stop_signal": "TERM"}
     i = 0
@@ -179,7 +181,7 @@ def cmd_exec(args):
     from reaper import containment
     from reaper.supervisor import Supervisor
     holder = containment.choose(opts["containment"], opts["name"], opts["cgroup_parent"],
-                                own_init=opts["pidns"])
+                                own_init=opts["pidns"], log=log)
     if log:
         log(f"containment: {holder.name}: {holder.reason}")
         if not opts["pidns"] and os.getpid() != 1:
@@ -189,10 +191,46 @@ def cmd_exec(args):
     if opts["pidns"]:
         from reaper import pidns
         before_exec = pidns.prepare(argv, log, opts["grace"], opts["stop_signal"], opts["wait_all"])
+    relay = None
+    if "NOTIFY_SOCKET" in os.environ or opts["notify_ready"]:
+        from reaper.notify import Relay
+        relay = Relay.setup(log or (lambda msg: None), opts["notify_ready"])
     sup = Supervisor(argv, holder, grace_s=opts["grace"], timeout_s=opts["timeout"],
                      stop_signal=opts["stop_signal"], wait_all=opts["wait_all"], log=log,
-                     before_exec=before_exec)
-    return sup.run()
+                     before_exec=before_exec, watchers=[relay] if relay else ())
+    try:
+        code = sup.run()
+    finally:
+        if relay:
+            relay.close()
+    return exit_like_the_job(sup, code)
+
+
+def exit_like_the_job(sup, code):
+    """Die of the signal reaper forwarded when that signal is what ended the job.
+
+    `systemctl stop` sends TERM to reaper (KillMode=mixed), reaper forwards it
+    and the job dies of it.  systemd counts only death by SIGHUP, SIGINT,
+    SIGTERM or SIGPIPE (or exit 0) as a clean stop, so exiting with the code
+    143 would leave the unit failed.  Dying of the same signal is also what a
+    shell expects of a program interrupted by Ctrl-C (it then stops a loop),
+    and what GNU timeout does.  A job that dies of a signal reaper did not
+    forward, or that needed SIGKILL, still gives 128+N.  PID 1 of a pid
+    namespace cannot die of its own signal: it keeps 128+N.
+    """
+    status, sig = sup.main_status, sup.stop_requested
+    if (sig is None or status is None or sup.timed_out or os.getpid() == 1
+            or not os.WIFSIGNALED(status) or os.WTERMSIG(status) != sig):
+        return code
+    import resource
+    import signal
+    sys.stdout.flush()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # QUIT would dump reaper's core
+    signal.set_wakeup_fd(-1)
+    signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+    os.kill(os.getpid(), sig)
+    return code
 
 
 def cmd_doctor(args):
@@ -224,9 +262,10 @@ def cmd_gc(args):
         else:
             raise ReaperError(f"gc: unknown option {args[i]!r}")
         i += 1
-    _, where, problem = containment.probe(parent)
-    if where is None or problem:
-        raise ReaperError(f"gc: {problem}")
+    place = containment.probe(parent)
+    where = place.parent
+    if where is None or place.problem:
+        raise ReaperError(f"gc: {place.problem or place.why} (name a parent with --cgroup-parent)")
     removed = cgroup.collect_stale(where)
     for path in removed:
         say(f"removed {path}\n", 1)

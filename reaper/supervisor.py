@@ -75,7 +75,7 @@ def _ignore(signum, frame):
 class Supervisor:
     def __init__(self, argv, containment, grace_s=10.0, timeout_s=None,
                  stop_signal=_signal.SIGTERM, wait_all=False, log=None,
-                 before_exec=None):
+                 before_exec=None, watchers=()):
         self.argv = argv
         self.containment = containment
         self.grace_s = grace_s
@@ -84,12 +84,16 @@ class Supervisor:
         self.wait_all = wait_all
         self.log = log or (lambda msg: None)
         self.before_exec = before_exec
+        # Extra descriptors for the poll loop (reaper.notify): each has .fd,
+        # .on_readable() and .started(pid).
+        self.watchers = {w.fd: w for w in watchers}
         self.pid1 = os.getpid() == 1
         self.state = RUNNING
         self.pid = None             # the main process, until it is reaped
         self.pgid = None
         self.main_status = None
         self.timed_out = False
+        self.stop_requested = None
         self.no_children = False
         self.stopped_by = None
         self.kill_at = None
@@ -145,6 +149,8 @@ class Supervisor:
         )
         self.pgid = self.pid
         self.log(f"started pid {self.pid}: {' '.join(self.argv)}")
+        for watcher in self.watchers.values():
+            watcher.started(self.pid)
         if self.timeout_s is not None:
             self.timeout_at = time.monotonic() + self.timeout_s
 
@@ -173,6 +179,8 @@ class Supervisor:
         poller.register(self.wake_r, select.POLLIN)
         if self.containment.events_fd is not None:
             poller.register(self.containment.events_fd, select.POLLPRI)
+        for fd in self.watchers:
+            poller.register(fd, select.POLLIN)
         while True:
             self._reap()
             if self._collected():
@@ -184,6 +192,8 @@ class Supervisor:
             for fd, _ in poller.poll(self._poll_timeout_ms()):
                 if fd == self.containment.events_fd:
                     self.containment.empty()    # reading cgroup.events re-arms POLLPRI
+                elif fd in self.watchers:
+                    self.watchers[fd].on_readable()
             self._drain_signals()
 
     def _poll_timeout_ms(self):
@@ -251,6 +261,7 @@ class Supervisor:
                 continue
             self.log(f"received signal {sig}")
             if sig in STOPPING_SIGNALS:
+                self.stop_requested = self.stop_requested or sig     # reaper.cli.exit_like_the_job
                 self._event(STOP_REQUEST, sig)
             elif sig in JOB_CONTROL_STOPS or sig == _signal.SIGCONT:
                 self._suspend_or_resume(sig)
