@@ -30,6 +30,8 @@ KEYS = {
     "max_user_namespaces", "unprivileged_userns_clone",
     "user_namespaces", "user_namespaces_detail", "pid_namespaces", "pid_namespaces_detail",
     "auto_containment", "auto_problem", "auto_reason", "stop_method",
+    "own_cgroup_outside_namespace", "systemd", "systemd_unit", "delegated", "delegated_by",
+    "exec_path", "exec_path_reason",
 }
 DOCTOR = [sys.executable, "-m", "reaper", "doctor"]
 
