@@ -87,11 +87,17 @@ def _xattr(path):
     return None
 
 
+BOOTED = "/run/systemd/system"     # sd_booted(3): systemd is the init system
+
+
 def check(hierarchy, unit_dir_of):
-    """Delegation of this process's cgroup.  `unit_dir_of(path)` maps a hierarchy path to its directory."""
-    from reaper import systemd
-    if not systemd.running():
-        return Delegation(False, by=f"{systemd.BOOTED} does not exist")
+    """Delegation of this process's cgroup.  `unit_dir_of(path)` maps a hierarchy path to its directory.
+
+    Where no systemd runs this is one stat(2), and reaper.systemd (D-Bus,
+    jeepney, socket) is never imported.
+    """
+    if not os.path.isdir(BOOTED):
+        return Delegation(False, by=f"{BOOTED} does not exist")
     unit_path, unit, user = owning_unit(hierarchy.own)
     at_root = unit_path == hierarchy.own.rstrip("/") or hierarchy.own == "/"
     if unit is None:
@@ -106,6 +112,7 @@ def check(hierarchy, unit_dir_of):
     if user is not None and user != os.geteuid():
         d.by = f"{unit} belongs to the user manager of uid {user}, which only that user can ask"
         return d
+    from reaper import systemd
     try:
         value = systemd.unit_property(unit, "Delegate", user=user is not None)
     except systemd.BusError as e:

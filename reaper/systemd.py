@@ -25,9 +25,8 @@ Which bus (sd_bus_open_system / sd_bus_open_user, sd-bus(3)):
 - user manager: $DBUS_SESSION_BUS_ADDRESS, else $XDG_RUNTIME_DIR/bus
   (dbus-user-session), else $XDG_RUNTIME_DIR/systemd/private.
 
-`running()` is the only thing the exec path calls where no systemd runs: one
-stat of /run/systemd/system (sd_booted(3)), and this module is not even
-imported then.  Every failure is a BusError whose message says what was tried.
+Where no systemd runs this module is not even imported (reaper.delegation
+looks for /run/systemd/system first, as sd_booted(3) does).  Every failure is a BusError whose message says what was tried.
 """
 
 import os
@@ -37,7 +36,6 @@ import time
 
 from reaper.errors import ReaperError
 
-BOOTED = "/run/systemd/system"
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
@@ -52,11 +50,6 @@ class BusError(ReaperError):
 
 class UnitExists(BusError):
     """StartTransientUnit: a unit of that name is loaded already."""
-
-
-def running():
-    """Is systemd the init system of this machine (or container)?  sd_booted(3)."""
-    return os.path.isdir(BOOTED)
 
 
 def _unix_path(address):
