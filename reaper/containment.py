@@ -157,6 +157,7 @@ def probe(parent_option=None, act=False, log=None, name="job"):
         place = _default_parent(h, act, log or (lambda msg: None), name)
         if place.problem or place.parent is None:
             return place
+        h = place.hierarchy     # reaper may have moved (scope, leaf)
     parent = place.parent
     if h.read_only:
         place.problem = f"the cgroup2 mount {h.mount} is read-only"

@@ -39,7 +39,7 @@ from reaper.errors import ReaperError
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
-CALL_TIMEOUT_S = 10.0       # StartTransientUnit and its job; systemd-run waits up to 25 s
+CALL_TIMEOUT_S = 5.0        # a whole conversation; the manager answers in ms (systemd-run allows 25 s)
 UNIT_INTERFACES = {"service": "Service", "scope": "Scope", "slice": "Slice", "socket": "Socket",
                    "mount": "Mount", "swap": "Swap"}
 
@@ -93,8 +93,9 @@ def bus_candidates(user):
 class Connection:
     """One authenticated connection to a manager, used for a few calls, then closed."""
 
-    def __init__(self, user, deadline):
+    def __init__(self, user, timeout_s):
         from jeepney.low_level import Parser
+        deadline = time.monotonic() + timeout_s
         self.deadline = deadline
         self.parser = Parser()
         self.pending = []
@@ -106,6 +107,10 @@ class Connection:
                 continue
             try:
                 self._connect(path, private)
+            except TimeoutError:
+                tried.append(f"{what}: no answer within {timeout_s:g}s")
+                self.close()
+                continue
             except (OSError, BusError) as e:
                 tried.append(f"{what}: {getattr(e, 'strerror', None) or e}")
                 self.close()
@@ -139,7 +144,7 @@ class Connection:
     def _left(self):
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise BusError("no answer within the time limit")
+            raise TimeoutError("no answer in time")
         return left
 
     def send(self, destination, path, interface, member, signature=None, body=()):
@@ -187,15 +192,11 @@ class Connection:
             self.sock = None
 
 
-def _deadline(timeout_s):
-    return time.monotonic() + timeout_s
-
-
 def unit_property(unit, name, user=False, timeout_s=CALL_TIMEOUT_S):
     """A property of `unit`, from the interface of its type (e.g. Service.Delegate)."""
     kind = unit.rpartition(".")[2]
     interface = f"{SYSTEMD}.{UNIT_INTERFACES.get(kind, 'Unit')}"
-    conn = Connection(user, _deadline(timeout_s))
+    conn = Connection(user, timeout_s)
     try:
         (path,) = conn.call(SYSTEMD, MANAGER_PATH, MANAGER, "GetUnit", "s", (unit,))
         (value,) = conn.call(SYSTEMD, path, "org.freedesktop.DBus.Properties", "Get", "ss", (interface, name))
@@ -215,7 +216,7 @@ def start_scope(name, description, user=False, timeout_s=CALL_TIMEOUT_S):
     refused the unit, the name exists, the job failed or timed out).
     """
     from jeepney import HeaderFields, MessageType
-    conn = Connection(user, _deadline(timeout_s))
+    conn = Connection(user, timeout_s)
     try:
         if not conn.private:    # a bus daemon routes signals only to matching clients
             conn.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
