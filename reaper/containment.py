@@ -125,13 +125,14 @@ class Placement:
     """
 
     def __init__(self, hierarchy, parent=None, problem=None, path="process-group fallback", why="",
-                 delegation=None):
+                 delegation=None, moved=False):
         self.hierarchy = hierarchy
         self.parent = parent
         self.problem = problem
         self.path = path
         self.why = why or problem or ""
         self.delegation = delegation
+        self.moved = moved      # reaper moved itself (a scope, a leaf): -v says so
 
     def __iter__(self):
         return iter((self.hierarchy, self.parent, self.problem))
@@ -193,7 +194,7 @@ def _default_parent(h, act, log, name):
         if act:
             delegation.move_into_leaf(own, log)
             h = cgroup.Hierarchy()      # reaper's own cgroup is now the leaf
-        return Placement(h, own, path="own delegated cgroup", why=why, delegation=d)
+        return Placement(h, own, path="own delegated cgroup", why=why, delegation=d, moved=act)
     owner = d.unit or "the root cgroup"
     manager = "system manager" if os.geteuid() == 0 else "user manager"
     if d.delegated is None and d.error:
@@ -214,7 +215,7 @@ def _default_parent(h, act, log, name):
                          delegation=d)
     delegation.move_into_leaf(own, log)
     h = cgroup.Hierarchy()
-    return Placement(h, own, path="new transient scope", delegation=d,
+    return Placement(h, own, path="new transient scope", delegation=d, moved=True,
                      why=f"{reason}; reaper moved itself into {scope} (Delegate=yes, from the {manager})")
 
 
@@ -242,7 +243,7 @@ def choose(mode, name, parent_option=None, own_init=False, log=None):
     place = probe(parent_option, act=True, log=log, name=name)
     h, parent, problem = place
     if problem is None:
-        if log and place.path != "own cgroup":
+        if log and place.moved:
             log(f"job cgroups: {place.path}: {place.why}")
         cgroup.collect_stale(parent)
         home = (h.mount, h.mount_root, h.own_dir())
