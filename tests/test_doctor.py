@@ -31,7 +31,7 @@ KEYS = {
     "user_namespaces", "user_namespaces_detail", "pid_namespaces", "pid_namespaces_detail",
     "auto_containment", "auto_problem", "auto_reason", "stop_method",
     "own_cgroup_outside_namespace", "systemd", "systemd_unit", "delegated", "delegated_by",
-    "exec_path", "exec_path_reason",
+    "exec_path", "exec_path_reason", "proc_usable", "job_sees_reaper",
 }
 DOCTOR = [sys.executable, "-m", "reaper", "doctor"]
 
