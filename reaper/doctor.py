@@ -289,7 +289,8 @@ def collect():
 
     if problem is None and parent is None:
         info.update({"auto_containment": "cgroup", "auto_problem": None, "stop_method": "cgroup.kill",
-                     "auto_reason": f"in a new transient scope; {place.why}"})
+                     "auto_reason": "in a new transient scope with Delegate=yes (see exec path); "
+                                    "stop by cgroup.kill"})
     elif problem is None:
         if kill[0] and not kill_disabled:
             stop = "cgroup.kill"
@@ -337,7 +338,8 @@ def render(info):
     kill = _feature(info["cgroup_kill"], info["cgroup_kill_where"], info["cgroup_kill_detail"])
     if info["cgroup_kill_disabled"]:
         kill += "; not used: REAPER_NO_CGROUP_KILL is set"
-    parent = info["cgroup_parent"] or "none"
+    parent = info["cgroup_parent"] or ("a new transient scope, made by exec"
+                                       if info["exec_path"] == "new transient scope" else "none")
     if info["cgroup_parent_is_root"]:
         parent += " (the root cgroup)"
     rows = [
@@ -351,7 +353,8 @@ def render(info):
          (" (outside this process's cgroup namespace)" if info["own_cgroup_outside_namespace"] else "")),
         ("systemd", _systemd_row(info)),
         ("job cgroup parent", parent),
-        ("parent writable", _yes(info["cgroup_parent_writable"])),
+        ("parent writable", "yes (a delegated scope is reaper's)" if info["exec_path"] == "new transient scope"
+         else _yes(info["cgroup_parent_writable"])),
         ("cgroup.kill", kill),
         ("cgroup.freeze", _feature(info["cgroup_freeze"], info["cgroup_freeze_where"],
                                    info["cgroup_freeze_detail"])),
