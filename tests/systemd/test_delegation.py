@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from harness import (LANE_USER, NEEDS_SYSTEMD, PYTHON, ROOT, HELPERS, marked_processes, reaper_lines, run,
-                     transient, usable_by_others)
+from harness import (LANE_USER, NEEDS_SYSTEMD, PYTHON, ROOT, marked_processes, reaper_lines, run, transient,
+                     usable_by_others, wait_until)
 
 pytestmark = [NEEDS_SYSTEMD, pytest.mark.timeout(120)]
 
@@ -24,11 +24,6 @@ REAPER = [PYTHON, "-m", "reaper"]
 
 def job_cgroup(out):
     return [line[3:] for line in out.decode().splitlines() if line.startswith("0::")][-1]
-
-
-def no_reaper_scopes_left(tag):
-    units = run("systemctl", "list-units", "--all", "--no-legend", "--plain", f"reaper-*{tag}*", check=False)
-    return units.stdout.strip() == ""
 
 
 def test_root_in_a_service_without_delegation_gets_a_transient_scope_and_writes_nothing_there():
@@ -148,7 +143,6 @@ def test_a_scope_name_that_exists_gets_another_name():
     holder = subprocess.Popen(["systemd-run", "--quiet", "--scope", "--collect", f"--unit=reaper-clash{tag}-1",
                                "sleep", "300"], stdin=subprocess.DEVNULL)
     try:
-        from harness import wait_until
         wait_until(lambda: run("systemctl", "is-active", f"reaper-clash{tag}-1.scope", check=False)
                    .stdout.strip() == "active", what="the scope that takes the name")
         code, out, err = transient("unshare", "--pid", "--fork", "--mount-proc", *REAPER, "exec", "-v",
@@ -162,5 +156,3 @@ def test_a_scope_name_that_exists_gets_another_name():
                for line in lines) == 1, lines
     assert f"/reaper-clash{tag}-1-" in job_cgroup(out)
 
-
-assert HELPERS

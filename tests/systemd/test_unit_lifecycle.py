@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from harness import (NEEDS_SYSTEMD, PYTHON, cgroup_pids, helper_cmd, journal, units, user_units,  # noqa: F401
-                     wait_until)
+from harness import NEEDS_SYSTEMD, cgroup_pids, helper_cmd, journal, run, wait_until
+from harness import units, user_units  # noqa: F401  (fixtures)
 
 pytestmark = [NEEDS_SYSTEMD, pytest.mark.timeout(120)]
 
@@ -165,9 +165,6 @@ def test_an_unprivileged_users_unit_gets_cgroup_containment(user_units):
 
 
 def journal_user(u, unit):
-    from harness import run
     return run("journalctl", "--no-pager", "-o", "cat", f"_UID={u.uid}", "--since", u.since, check=False).stdout \
         + run("journalctl", "--no-pager", "-o", "cat", f"USER_UNIT={unit}", "--since", u.since, check=False).stdout
 
-
-assert PYTHON
