@@ -23,6 +23,8 @@ import pytest
 from conftest import NOBODY, Lines, helper
 
 pytestmark = pytest.mark.timeout(60)
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (unshare --cgroup, moving processes, "
+                                                          "chown of cgroups)")
 
 
 def hierarchy_path(directory):
@@ -75,6 +77,7 @@ def outside(sandbox):
         os.rmdir(inner)
 
 
+@NEEDS_ROOT
 def test_own_cgroup_outside_the_namespace_falls_back_and_says_why(sandbox, outside):
     code, out, err = outside("exec", "-v", "--grace", "300ms", "--", *helper("escape.py"), "2",
                              "--ignore-term", "--exit", "3")
@@ -85,6 +88,7 @@ def test_own_cgroup_outside_the_namespace_falls_back_and_says_why(sandbox, outsi
     sandbox.assert_empty()
 
 
+@NEEDS_ROOT
 def test_doctor_outside_the_namespace_reports_it_and_no_false_root(sandbox, outside):
     code, out, err = outside("doctor")
     assert code == 0, err
@@ -144,6 +148,7 @@ def two_delegated_siblings(sandbox):
         os.rmdir(d)
 
 
+@NEEDS_ROOT
 def test_unreachable_parent_falls_back_in_auto_naming_the_ancestor(sandbox, world, two_delegated_siblings):
     home, other = two_delegated_siblings
     code, out, err = run_as_nobody_in(sandbox, world, home, "exec", "-v", "--cgroup-parent", other, "--",
@@ -155,6 +160,7 @@ def test_unreachable_parent_falls_back_in_auto_naming_the_ancestor(sandbox, worl
     sandbox.assert_empty()
 
 
+@NEEDS_ROOT
 def test_unreachable_parent_with_containment_cgroup_is_one_line_and_125(sandbox, world, two_delegated_siblings):
     home, other = two_delegated_siblings
     code, _, err = run_as_nobody_in(sandbox, world, home, "exec", "--containment", "cgroup",
