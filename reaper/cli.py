@@ -184,6 +184,8 @@ def cmd_exec(args):
                                 own_init=opts["pidns"], log=log)
     if log:
         log(f"containment: {holder.name}: {holder.reason}")
+        if getattr(holder, "placement", None):
+            log(f"job cgroups: {holder.placement}")
         if not opts["pidns"] and os.getpid() != 1:
             log("note: the job can see reaper's pid, so it can stop or signal reaper; "
                 "--pidns hides it")

@@ -25,6 +25,7 @@ from reaper.errors import ReaperError
 
 class CgroupContainment:
     name = "cgroup"
+    placement = None    # why job cgroups go where they go, when it is not simply reaper's own cgroup
 
     def __init__(self, job, reason):
         self.job = job
@@ -125,14 +126,13 @@ class Placement:
     """
 
     def __init__(self, hierarchy, parent=None, problem=None, path="process-group fallback", why="",
-                 delegation=None, moved=False):
+                 delegation=None):
         self.hierarchy = hierarchy
         self.parent = parent
         self.problem = problem
         self.path = path
         self.why = why or problem or ""
         self.delegation = delegation
-        self.moved = moved      # reaper moved itself (a scope, a leaf): -v says so
 
     def __iter__(self):
         return iter((self.hierarchy, self.parent, self.problem))
@@ -194,7 +194,7 @@ def _default_parent(h, act, log, name):
         if act:
             delegation.move_into_leaf(own, log)
             h = cgroup.Hierarchy()      # reaper's own cgroup is now the leaf
-        return Placement(h, own, path="own delegated cgroup", why=why, delegation=d, moved=act)
+        return Placement(h, own, path="own delegated cgroup", why=why, delegation=d)
     owner = d.unit or "the root cgroup"
     manager = "system manager" if os.geteuid() == 0 else "user manager"
     if d.delegated is None and d.error:
@@ -215,7 +215,7 @@ def _default_parent(h, act, log, name):
                          delegation=d)
     delegation.move_into_leaf(own, log)
     h = cgroup.Hierarchy()
-    return Placement(h, own, path="new transient scope", delegation=d, moved=True,
+    return Placement(h, own, path="new transient scope", delegation=d,
                      why=f"{reason}; reaper moved itself into {scope} (Delegate=yes, from the {manager})")
 
 
@@ -243,8 +243,6 @@ def choose(mode, name, parent_option=None, own_init=False, log=None):
     place = probe(parent_option, act=True, log=log, name=name)
     h, parent, problem = place
     if problem is None:
-        if log and place.moved:
-            log(f"job cgroups: {place.path}: {place.why}")
         cgroup.collect_stale(parent)
         home = (h.mount, h.mount_root, h.own_dir())
         try:
@@ -253,7 +251,10 @@ def choose(mode, name, parent_option=None, own_init=False, log=None):
             problem = f"cannot create a cgroup under {parent}: {e.strerror}"
         else:
             how = "cgroup.kill" if job.use_kill else "freeze, signal, thaw"
-            return CgroupContainment(job, f"{job.path} (stop by {how})")
+            held = CgroupContainment(job, f"{job.path} (stop by {how})")
+            if place.path != "own cgroup":      # systemd runs, or --cgroup-parent: -v says why here
+                held.placement = f"{place.path}: {place.why}"
+            return held
     if mode == "cgroup":
         raise ReaperError(f"--containment cgroup: {problem}")
     return _tree(f"subreaper + process group, because {problem}", own_init)
