@@ -87,7 +87,12 @@ class Relay:
             if ready_on_start:
                 log("--notify-ready: no NOTIFY_SOCKET in the environment: nobody to tell")
             return None
-        relay = cls(target, log, ready_on_start)
+        try:
+            relay = cls(target, log, ready_on_start)
+        except OSError as e:
+            log(f"notify: cannot make the job's notification socket ({e.strerror or e}); the job keeps "
+                f"NOTIFY_SOCKET={target}{' and READY=1 is not sent' if ready_on_start else ''}")
+            return None
         os.environ["NOTIFY_SOCKET"] = relay.address     # inherited by the job at exec
         os.environ.pop("WATCHDOG_PID", None)
         log(f"notify: the job's NOTIFY_SOCKET is {relay.address}, relayed to {target}")
