@@ -71,8 +71,12 @@ class Relay:
         path = os.path.join(directory, "notify")
         if len(path.encode()) <= SUN_PATH_MAX:
             os.mkdir(directory, 0o700)
+            try:
+                self.sock.bind(path)
+            except OSError:
+                os.rmdir(directory)
+                raise
             self.dir = directory
-            self.sock.bind(path)
             return path
         self.log(f"notify: {path} is longer than the {SUN_PATH_MAX} bytes a socket path may have; "
                  "using an abstract socket")
