@@ -6,10 +6,9 @@ cgroup2 entry wins, because a container that mounts its own cgroup2 over the
 host's lists both and only the last one is visible at the path) and the
 process's place in the hierarchy comes from the `0::` line of /proc/self/cgroup.
 
-Where job cgroups go is decided in exactly one place, `default_parent()`:
-reaper's own cgroup.  Under systemd that is the unit's (delegated) cgroup or the
-user's delegated subtree, which is the only part of the tree systemd lets
-another writer touch.
+Where job cgroups go is decided in exactly one place, reaper.containment.probe():
+by default reaper's own cgroup (`default_parent()`), unless systemd owns it
+and has not delegated it (reaper.delegation).
 
 Killing follows Documentation/admin-guide/cgroup-v2.rst:
 - `cgroup.kill` (Linux >= 5.14) SIGKILLs every task, including ones forking
@@ -150,25 +149,52 @@ class Hierarchy:
         self.own = own_path()
         self.layout = "none" if not self.mount else ("hybrid" if v1 else "unified")
 
+    @property
+    def outside_namespace(self):
+        """Is this process's cgroup outside its cgroup namespace?
+
+        The kernel then prints it relative to the namespace's root with '..'
+        components (/proc/self/cgroup reads `0::/../..`, e.g. after `nsenter`
+        into a container without its cgroup namespace), and refuses to move
+        processes from there into the namespace's cgroups (cgroup_procs_write_permission).
+        """
+        return self.own is not None and ".." in self.own.split("/")
+
+    def dir_of(self, rel):
+        """Directory of the cgroup at hierarchy path `rel` ('/a.slice/b'), or None if not visible."""
+        return dir_of(self.mount, self.mount_root, rel)
+
     def own_dir(self):
         """Directory of this process's own cgroup, or None if it is not visible."""
-        return dir_of(self.mount, self.mount_root, self.own)
+        return self.dir_of(self.own)
 
     def default_parent(self):
-        """The one place that decides where job cgroups are created."""
+        """reaper's own cgroup: where job cgroups go unless systemd says otherwise (containment.probe)."""
         return self.own_dir()
 
     def check_parent(self, path):
-        """Validate a user-supplied parent directory; return its normalised path."""
+        """Resolve a user-supplied parent; return its directory.
+
+        Accepted: a directory under the cgroup2 mount (/sys/fs/cgroup/x), a
+        path relative to the mount (x), or a path in the hierarchy as
+        /proc/self/cgroup, `systemctl status` and `systemd-cgls` print it
+        (/user.slice/x), resolved against the mount's root.
+        """
         if not self.mount:
             raise ReaperError("no cgroup2 hierarchy is mounted (see `reaper doctor`)")
         if ".." in path.split("/"):
             raise ReaperError(f"cgroup parent must not contain '..': {path}")
+        mount = self.mount.rstrip("/") or "/"
+        given = path
         if not path.startswith("/"):
-            path = self.mount + "/" + path
+            path = mount + "/" + path
         path = os.path.normpath(path)
-        if path != self.mount and not path.startswith(self.mount.rstrip("/") + "/"):
-            raise ReaperError(f"cgroup parent {path} is outside the cgroup2 mount {self.mount}")
+        if path != mount and not path.startswith(mount + "/"):
+            resolved = self.dir_of(path)     # the form systemd prints
+            if resolved is None:
+                raise ReaperError(f"cgroup parent {given} is neither under the cgroup2 mount {self.mount} "
+                                  f"nor an existing cgroup of its hierarchy")
+            path = resolved
         if not os.path.isdir(path):
             raise ReaperError(f"cgroup parent {path} does not exist")
         inside = _enclosing_job(self.mount, path)
@@ -188,6 +214,20 @@ def _enclosing_job(mount, path):
                 pass
         path = os.path.dirname(path)
     return None
+
+
+def move_blocker(source, destination):
+    """The cgroup whose cgroup.procs stops a move from `source` into `destination`, or None.
+
+    Moving a process needs write access to cgroup.procs of the common
+    ancestor of both cgroups (cgroup-v2.rst, "Delegation Containment"); e.g. a
+    user's SSH session scope and their user@.service subtree meet in
+    user-UID.slice, which is root's.
+    """
+    common = os.path.commonpath([source, destination])
+    if os.access(os.path.join(common, "cgroup.procs"), os.W_OK):
+        return None
+    return common
 
 
 def writable(parent):

@@ -47,6 +47,7 @@ options:
   --memory-max SIZE      memory limit of the job cgroup (e.g. 512M, 1.5G)
   --pids-max N           process limit of the job cgroup
   --cpu-max CPUS         CPU bandwidth limit of the job cgroup (e.g. 1.5)
+  --notify-ready         under systemd Type=notify: send READY=1 once the job started
 
 DURATION: 1.5, 500ms, 10s, 2m, 1h.  Exit status: the job's; 128+N if it died of
 signal N; 124 timeout; 125 reaper failed; 126 not executable; 127 not found.
@@ -72,7 +73,7 @@ PID1_GRACE = "8s"       # docker/podman stop wait 10s, Kubernetes 30s: finish fi
 MAX_DURATION_S = 10 * 366 * 86400.0
 
 EXEC_FLAGS = {"-v": "verbose", "--verbose": "verbose", "--wait-all": "wait_all", "--pidns": "pidns",
-              "--stats": "stats"}
+              "--stats": "stats", "--notify-ready": "notify_ready"}
 EXEC_VALUES = {"--name": "name", "--containment": "containment", "--cgroup-parent": "cgroup_parent",
                "--timeout": "timeout", "--grace": "grace", "--stop-signal": "stop_signal",
                "--stats-json": "stats_json", "--memory-max": "memory_max", "--pids-max": "pids_max",
@@ -124,7 +125,7 @@ def default_name(cmd):
 
 
 def parse_exec(args):
-    opts = {"verbose": False, "wait_all": False, "pidns": False, "name": None,
+    opts = {"verbose": False, "wait_all": False, "pidns": False, "notify_ready": False, "name": None,
             "containment": "auto", "cgroup_parent": None, "timeout": None,
             "grace": PID1_GRACE if os.getpid() == 1 else DEFAULT_GRACE, "stop_signal": "TERM",
             "stats": False, "stats_json": None, "memory_max": None, "pids_max": None, "cpu_max": None}
@@ -200,17 +201,17 @@ def cmd_exec(args, control=None):
     hooks = ExecHooks(opts["name"], opts["name_explicit"], argv, stats_summary=opts["stats"],
                       stats_json=opts["stats_json"], log=log)
     try:
-        code = _exec_registered(opts, argv, log, hooks, containment, Supervisor, control)
+        sup, code = _exec_registered(opts, argv, log, hooks, containment, Supervisor, control)
     finally:
         hooks.close()
     hooks.report(code)
     _collected = True
-    return code
+    return exit_like_the_job(sup, code)
 
 
 def _exec_registered(opts, argv, log, hooks, containment, Supervisor, control):
     holder = containment.choose(opts["containment"], hooks.name, opts["cgroup_parent"],
-                                own_init=opts["pidns"], limits=opts["limits"])
+                                own_init=opts["pidns"], limits=opts["limits"], log=log)
     try:
         hooks.prepare(holder, opts["grace"])
     except BaseException:
@@ -218,6 +219,8 @@ def _exec_registered(opts, argv, log, hooks, containment, Supervisor, control):
         raise
     if log:
         log(f"containment: {holder.name}: {holder.reason}")
+        if getattr(holder, "placement", None):
+            log(f"job cgroups: {holder.placement}")
         if not opts["pidns"] and os.getpid() != 1:
             log("note: the job can see reaper's pid, so it can stop or signal reaper; "
                 "--pidns hides it")
@@ -225,10 +228,46 @@ def _exec_registered(opts, argv, log, hooks, containment, Supervisor, control):
     if opts["pidns"]:
         from reaper import pidns
         before_exec = pidns.prepare(argv, log, opts["grace"], opts["stop_signal"], opts["wait_all"])
+    relay = None
+    if "NOTIFY_SOCKET" in os.environ or opts["notify_ready"]:
+        from reaper.notify import Relay
+        relay = Relay.setup(log or (lambda msg: None), opts["notify_ready"])
     sup = Supervisor(argv, holder, grace_s=opts["grace"], timeout_s=opts["timeout"],
                      stop_signal=opts["stop_signal"], wait_all=opts["wait_all"], log=log,
-                     before_exec=before_exec, hooks=hooks, control=control)
-    return sup.run()
+                     before_exec=before_exec, hooks=hooks, control=control,
+                     watchers=[relay] if relay else ())
+    try:
+        return sup, sup.run()
+    finally:
+        if relay:
+            relay.close()
+
+
+def exit_like_the_job(sup, code):
+    """Die of the signal reaper forwarded when that signal is what ended the job.
+
+    `systemctl stop` sends TERM to reaper (KillMode=mixed), reaper forwards it
+    and the job dies of it.  systemd counts only death by SIGHUP, SIGINT,
+    SIGTERM or SIGPIPE (or exit 0) as a clean stop, so exiting with the code
+    143 would leave the unit failed.  Dying of the same signal is also what a
+    shell expects of a program interrupted by Ctrl-C (it then stops a loop),
+    and what GNU timeout does.  A job that dies of a signal reaper did not
+    forward, or that needed SIGKILL, still gives 128+N.  PID 1 of a pid
+    namespace cannot die of its own signal: it keeps 128+N.
+    """
+    status, sig = sup.main_status, sup.stop_requested
+    if (sig is None or status is None or sup.timed_out or os.getpid() == 1
+            or not os.WIFSIGNALED(status) or os.WTERMSIG(status) != sig):
+        return code
+    import resource
+    import signal
+    sys.stdout.flush()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # QUIT would dump reaper's core
+    signal.set_wakeup_fd(-1)
+    signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+    os.kill(os.getpid(), sig)
+    return code
 
 
 def cmd_doctor(args):
@@ -265,12 +304,13 @@ def cmd_gc(args):
     if verbose:
         for entry in entries:
             say(f"reaper: gc: removed stale {entry}\n")
-    _, where, problem = containment.probe(parent)
-    if where is None or problem:
+    place = containment.probe(parent)
+    where = place.parent
+    if where is None or place.problem:
         if parent is not None:
-            raise ReaperError(f"gc: {problem}")
+            raise ReaperError(f"gc: {place.problem or place.why}")
         if verbose:
-            say(f"reaper: gc: not looking for job cgroups: {problem}\n")
+            say(f"reaper: gc: not looking for job cgroups: {place.problem or place.why}\n")
         where = None
     removed += cgroup.collect_stale(where) if where else []
     for path in removed:

@@ -25,6 +25,7 @@ from reaper.errors import ReaperError
 
 class CgroupContainment:
     name = "cgroup"
+    placement = None    # why job cgroups go where they go, when it is not simply reaper's own cgroup
 
     def __init__(self, job, reason):
         self.job = job
@@ -115,22 +116,123 @@ class TreeContainment:
         pass
 
 
-def probe(parent_option=None):
-    """Return (hierarchy, parent directory or None, reason it cannot be used or None)."""
+class Placement:
+    """Where job cgroups go, and why: the answer of probe().
+
+    path names the route exec takes: "own cgroup" (no systemd), "own
+    delegated cgroup", "new transient scope", "--cgroup-parent" or
+    "process-group fallback"; why says how that was decided.  Unpacks as
+    (hierarchy, parent, problem) for callers that need no more.
+    """
+
+    def __init__(self, hierarchy, parent=None, problem=None, path="process-group fallback", why="",
+                 delegation=None):
+        self.hierarchy = hierarchy
+        self.parent = parent
+        self.problem = problem
+        self.path = path
+        self.why = why or problem or ""
+        self.delegation = delegation
+
+    def __iter__(self):
+        return iter((self.hierarchy, self.parent, self.problem))
+
+
+def probe(parent_option=None, act=False, log=None, name="job"):
+    """Decide where job cgroups go: the one place that does.  Returns a Placement.
+
+    With act=False (doctor, gc) nothing changes; with act=True (exec) reaper
+    may ask systemd for a transient scope and move itself into a leaf.
+    """
     h = cgroup.Hierarchy()
     if not h.mount:
-        return h, None, "no cgroup2 hierarchy is mounted"
-    parent = h.check_parent(parent_option) if parent_option else h.default_parent()
-    if parent is None:
-        return h, None, f"own cgroup {h.own} is not visible under {h.mount}"
+        return Placement(h, problem="no cgroup2 hierarchy is mounted")
+    if h.outside_namespace:
+        return Placement(h, problem=f"own cgroup {h.own} lies outside this process's cgroup namespace "
+                                    "(as after a bare nsenter into a container): the kernel moves no "
+                                    "process from there into a cgroup")
+    if parent_option:
+        parent = h.check_parent(parent_option)
+        place = Placement(h, parent, path="--cgroup-parent", why=f"given: {parent}")
+    else:
+        place = _default_parent(h, act, log or (lambda msg: None), name)
+        if place.problem or place.parent is None:
+            return place
+        h = place.hierarchy     # reaper may have moved (scope, leaf)
+    parent = place.parent
     if h.read_only:
-        return h, parent, f"the cgroup2 mount {h.mount} is read-only"
-    if not cgroup.writable(parent):
-        return h, parent, f"{parent} is not writable by uid {os.geteuid()}"
-    return h, parent, None
+        place.problem = f"the cgroup2 mount {h.mount} is read-only"
+    elif not cgroup.writable(parent):
+        place.problem = f"{parent} is not writable by uid {os.geteuid()}"
+    else:
+        own = h.own_dir()
+        blocker = own and cgroup.move_blocker(own, parent)
+        if blocker:
+            place.problem = (f"cannot move the job from {own} into {parent}: their common ancestor "
+                             f"{blocker} is in the way (its cgroup.procs is not writable by uid {os.geteuid()})")
+    return place
 
 
-def choose(mode, name, parent_option=None, own_init=False, limits=None):
+def _default_parent(h, act, log, name):
+    """reaper's own cgroup, unless systemd owns it and has not delegated it (reaper.delegation)."""
+    from reaper import delegation
+    own = h.own_dir()
+    if own is None:
+        return Placement(h, problem=f"own cgroup {h.own} is not visible under {h.mount}")
+    d = delegation.check(h, h.dir_of)
+    if not d.systemd:
+        return Placement(h, own, path="own cgroup", why=f"no systemd runs: {d.by}", delegation=d)
+    if d.delegated:
+        if os.path.basename(own) == delegation.LEAF and h.dir_of(d.unit_path) == os.path.dirname(own):
+            # reaper's leaf already (DelegateSubgroup=supervisor, systemd >= 254): jobs beside it
+            return Placement(h, os.path.dirname(own), path="own delegated cgroup", delegation=d,
+                             why=f"{d.unit} is delegated ({d.by}); reaper is in its {delegation.LEAF}/ leaf")
+        if not d.at_root:
+            return Placement(h, own, path="own delegated cgroup", delegation=d,
+                             why=f"{own} lies inside {d.unit}, delegated ({d.by})")
+        why = f"{d.unit} is delegated ({d.by}); reaper moves into {delegation.LEAF}/, job cgroups beside it"
+        if act:
+            delegation.move_into_leaf(own, log)
+            h = cgroup.Hierarchy()      # reaper's own cgroup is now the leaf
+        return Placement(h, own, path="own delegated cgroup", why=why, delegation=d)
+    owner = d.unit or "the root cgroup"
+    manager = "system manager" if os.geteuid() == 0 else "user manager"
+    if d.delegated is None and d.error:
+        return Placement(h, problem=f"cannot tell whether {owner} is delegated: {d.by}", delegation=d)
+    reason = f"{owner} is systemd's and not delegated ({d.by})"
+    if not act:
+        return Placement(h, path="new transient scope", delegation=d,
+                         why=f"{reason}; exec asks the {manager} for a transient scope with Delegate=yes")
+    from reaper import systemd
+    try:
+        scope = _start_scope(d, name, log)
+    except systemd.BusError as e:
+        return Placement(h, problem=f"{reason}, and the {manager} gave no scope: {e}", delegation=d)
+    h = cgroup.Hierarchy()
+    own = h.own_dir()
+    if own is None or os.path.basename(own) != scope:
+        return Placement(h, problem=f"the {manager} started {scope}, but reaper's cgroup is {h.own}",
+                         delegation=d)
+    delegation.move_into_leaf(own, log)
+    h = cgroup.Hierarchy()
+    return Placement(h, own, path="new transient scope", delegation=d,
+                     why=f"{reason}; reaper moved itself into {scope} (Delegate=yes, from the {manager})")
+
+
+def _start_scope(d, name, log):
+    from reaper import delegation, systemd
+    user = os.geteuid() != 0
+    description = f"reaper exec --name {name} (pid {os.getpid()})"
+    scope = delegation.scope_name(name)
+    try:
+        return systemd.start_scope(scope, description, user=user)
+    except systemd.UnitExists:
+        retry = delegation.scope_name(name, "-" + os.urandom(4).hex())
+        log(f"a unit named {scope} exists already; asking for {retry}")
+        return systemd.start_scope(retry, description, user=user)
+
+
+def choose(mode, name, parent_option=None, own_init=False, limits=None, log=None):
     """Set up containment for one job.  mode: auto, cgroup or pgroup.
 
     limits: {cgroup file: value} from reaper.limits; they need a job cgroup.
@@ -142,7 +244,8 @@ def choose(mode, name, parent_option=None, own_init=False, limits=None):
         if limits:
             raise ReaperError("resource limits need a job cgroup, not --containment pgroup")
         return _tree("chosen with --containment pgroup", own_init)
-    h, parent, problem = probe(parent_option)
+    place = probe(parent_option, act=True, log=log, name=name)
+    h, parent, problem = place
     if problem is None:
         if limits:
             from reaper import limits as resource_limits
@@ -161,7 +264,10 @@ def choose(mode, name, parent_option=None, own_init=False, limits=None):
                     job.close()
                     raise
             how = "cgroup.kill" if job.use_kill else "freeze, signal, thaw"
-            return CgroupContainment(job, f"{job.path} (stop by {how})")
+            held = CgroupContainment(job, f"{job.path} (stop by {how})")
+            if place.path != "own cgroup":      # systemd runs, or --cgroup-parent: -v says why here
+                held.placement = f"{place.path}: {place.why}"
+            return held
     if mode == "cgroup":
         raise ReaperError(f"--containment cgroup: {problem}")
     if limits:

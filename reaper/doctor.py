@@ -242,9 +242,11 @@ def collect():
     }
 
     try:
-        h, parent, problem = containment.probe()
+        place = containment.probe()
     except ReaperError as e:        # e.g. /proc/self/mountinfo unreadable
-        h, parent, problem = None, None, str(e)
+        place = containment.Placement(None, problem=str(e))
+    h, parent, problem = place
+    d = place.delegation
     mount = h.mount if h else None
     read_only = bool(h and h.read_only)
     kill = _core_file(mount, parent, "cgroup.kill", KILL_SINCE, (release, kernel))
@@ -256,6 +258,13 @@ def collect():
         "cgroup_layout": h.layout if h else "unknown",
         "cgroup2_read_only": read_only,
         "own_cgroup": h.own if h else None,
+        "own_cgroup_outside_namespace": bool(h and h.outside_namespace),
+        "systemd": bool(d and d.systemd),
+        "systemd_unit": d.unit if d else None,
+        "delegated": d.delegated if d and d.systemd else None,
+        "delegated_by": d.by if d else None,
+        "exec_path": place.path,
+        "exec_path_reason": place.why,
         "cgroup_parent": parent,
         "cgroup_parent_is_root": parent is not None and _is_root_cgroup(parent),
         "cgroup_parent_writable": cgroup.writable(parent) and not read_only,
@@ -278,7 +287,11 @@ def collect():
     info["pidfd"], info["pidfd_detail"] = _pidfd()
     info.update(_namespaces(euid))
 
-    if problem is None:
+    if problem is None and parent is None:
+        info.update({"auto_containment": "cgroup", "auto_problem": None, "stop_method": "cgroup.kill",
+                     "auto_reason": "in a new transient scope with Delegate=yes (see exec path); "
+                                    "stop by cgroup.kill"})
+    elif problem is None:
         if kill[0] and not kill_disabled:
             stop = "cgroup.kill"
         elif freeze[0] is False:
@@ -312,13 +325,21 @@ def _feature(value, where, detail):
     return f"{_yes(value)} ({detail})"
 
 
+def _systemd_row(info):
+    if not info["systemd"]:
+        return f"no ({info['delegated_by']})" if info["delegated_by"] else "no"
+    delegated = {True: "delegated", False: "not delegated", None: "delegation unknown"}[info["delegated"]]
+    return f"yes; {info['systemd_unit'] or 'root cgroup'}: {delegated} ({info['delegated_by']})"
+
+
 def render(info):
     """The human form: aligned `key: value` lines, the verdict last."""
     who = f"{info['user']} (uid {info['euid']}{', CAP_SYS_ADMIN' if info['cap_sys_admin'] else ''})"
     kill = _feature(info["cgroup_kill"], info["cgroup_kill_where"], info["cgroup_kill_detail"])
     if info["cgroup_kill_disabled"]:
         kill += "; not used: REAPER_NO_CGROUP_KILL is set"
-    parent = info["cgroup_parent"] or "none"
+    parent = info["cgroup_parent"] or ("a new transient scope, made by exec"
+                                       if info["exec_path"] == "new transient scope" else "none")
     if info["cgroup_parent_is_root"]:
         parent += " (the root cgroup)"
     rows = [
@@ -328,9 +349,12 @@ def render(info):
         ("cgroup2 mount", info["cgroup2_mount"] or "none"),
         ("cgroup layout", info["cgroup_layout"] + LAYOUTS.get(info["cgroup_layout"], "")),
         ("cgroup2 read-only", _yes(info["cgroup2_read_only"]) if info["cgroup2_mount"] else "n/a"),
-        ("own cgroup", info["own_cgroup"] or "unknown"),
+        ("own cgroup", (info["own_cgroup"] or "unknown") +
+         (" (outside this process's cgroup namespace)" if info["own_cgroup_outside_namespace"] else "")),
+        ("systemd", _systemd_row(info)),
         ("job cgroup parent", parent),
-        ("parent writable", _yes(info["cgroup_parent_writable"])),
+        ("parent writable", "yes (a delegated scope is reaper's)" if info["exec_path"] == "new transient scope"
+         else _yes(info["cgroup_parent_writable"])),
         ("cgroup.kill", kill),
         ("cgroup.freeze", _feature(info["cgroup_freeze"], info["cgroup_freeze_where"],
                                    info["cgroup_freeze_detail"])),
@@ -343,6 +367,7 @@ def render(info):
          else "does not show this pid namespace (the process-tree fallback cannot be used)"),
         ("job sees reaper", "yes: a job can stop or kill its supervisor; --pidns hides reaper from it"
          if info["job_sees_reaper"] else "no: reaper is PID 1"),
+        ("exec path", f"{info['exec_path']} ({info['exec_path_reason']})"),
         ("auto containment", f"{info['auto_containment']} ({info['auto_reason']})"),
     ]
     width = max(len(key) for key, _ in rows) + 1

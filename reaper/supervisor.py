@@ -73,7 +73,7 @@ def _ignore(signum, frame):
 class Supervisor:
     def __init__(self, argv, containment, grace_s=10.0, timeout_s=None,
                  stop_signal=_signal.SIGTERM, wait_all=False, log=None,
-                 before_exec=None, hooks=None, control=None):
+                 before_exec=None, hooks=None, control=None, watchers=()):
         self.argv = argv
         self.hooks = hooks      # reaper.jobhooks: registry, `reaper kill`, accounting
         self.containment = containment
@@ -83,12 +83,16 @@ class Supervisor:
         self.wait_all = wait_all
         self.log = log or (lambda msg: None)
         self.before_exec = before_exec
+        # Extra descriptors for the poll loop (reaper.notify): each has .fd,
+        # .on_readable() and .started(pid).
+        self.watchers = {w.fd: w for w in watchers}
         self.pid1 = os.getpid() == 1
         self.state = RUNNING
         self.pid = None             # the main process, until it is reaped
         self.pgid = None
         self.main_status = None
         self.timed_out = False
+        self.stop_requested = None
         self.no_children = False
         self.stopped_by = None
         self.kill_at = None
@@ -153,6 +157,8 @@ class Supervisor:
             self.hooks.started(self)
         if self.control is not None:
             self.control.started(self)
+        for watcher in self.watchers.values():
+            watcher.started(self.pid)
         if self.timeout_s is not None:
             self.timeout_at = time.monotonic() + self.timeout_s
 
@@ -186,7 +192,7 @@ class Supervisor:
         if self.control is not None:
             poller.register(self.control.fd, select.POLLIN)
         hook_fds = self.hooks.fds if self.hooks else ()
-        for fd in hook_fds:
+        for fd in (*hook_fds, *self.watchers):
             poller.register(fd, select.POLLIN)
         while True:
             self._reap()
@@ -204,6 +210,8 @@ class Supervisor:
                 elif self.control is not None and fd == self.control.fd:
                     if not self.control.readable(self):
                         poller.unregister(fd)       # the caller is gone: EOF stays readable
+                elif fd in self.watchers:
+                    self.watchers[fd].on_readable()
             self._drain_signals()
 
     def _poll_timeout_ms(self):
@@ -271,6 +279,7 @@ class Supervisor:
                 continue
             self.log(f"received signal {sig}")
             if sig in STOPPING_SIGNALS:
+                self.stop_requested = self.stop_requested or sig     # reaper.cli.exit_like_the_job
                 self._event(STOP_REQUEST, sig)
             elif sig in JOB_CONTROL_STOPS or sig == _signal.SIGCONT:
                 self._suspend_or_resume(sig)

@@ -124,12 +124,28 @@ def _delegate_controllers(parent):
     return undo
 
 
+@pytest.fixture(scope="session", autouse=True)
+def placement():
+    """Where this session may make cgroups, decided before any test makes one.
+
+    The harness follows reaper's own rule (containment.probe): never write in
+    a cgroup systemd owns and has not delegated.  Under systemd this may move
+    pytest into a transient scope, or into its delegated cgroup's leaf, so it
+    happens first, for every test (the bench's self-test makes cgroups too).
+    """
+    from reaper import containment
+    try:
+        return containment.probe(act=True, name="pytest")
+    except Exception as e:      # reported by the tests that need a cgroup
+        return containment.Placement(None, problem=str(e))
+
+
 @pytest.fixture(scope="session")
-def cg_root():
-    hier = cgroup.Hierarchy()
-    parent = hier.own_dir()
-    if parent is None or not cgroup.writable(parent):
-        pytest.skip("tests need a writable cgroup2 hierarchy (run as root)")
+def cg_root(placement):
+    place = placement
+    parent = place.parent
+    if place.problem or parent is None:
+        pytest.skip(f"tests need a cgroup they may write: {place.problem or place.why}")
     undo = _delegate_controllers(parent) if TEST_CONTROLLERS else None
     path = os.path.join(parent, f"reaper-tests.{MARKER}")
     os.mkdir(path)

@@ -30,7 +30,8 @@ KEYS = {
     "max_user_namespaces", "unprivileged_userns_clone",
     "user_namespaces", "user_namespaces_detail", "pid_namespaces", "pid_namespaces_detail",
     "auto_containment", "auto_problem", "auto_reason", "stop_method",
-    "proc_usable", "job_sees_reaper",
+    "own_cgroup_outside_namespace", "systemd", "systemd_unit", "delegated", "delegated_by",
+    "exec_path", "exec_path_reason", "proc_usable", "job_sees_reaper",
 }
 DOCTOR = [sys.executable, "-m", "reaper", "doctor"]
 
@@ -111,6 +112,8 @@ def test_json_matches_the_kernels_view_of_this_process():
         assert info["auto_containment"] == "pgroup"
         return
     parent = os.path.normpath(mount + "/" + info["own_cgroup"])
+    if info["systemd"] and os.path.basename(parent) == "supervisor" and info["delegated"]:
+        parent = os.path.dirname(parent)    # reaper's leaf in a delegated unit: jobs go beside it
     assert info["cgroup_parent"] == parent
     with open(os.path.join(parent, "cgroup.controllers")) as f:
         assert info["cgroup_controllers"] == f.read().split()

@@ -60,7 +60,7 @@ def test_setsid_daemon_is_collected_when_reaper_gets_term(sandbox, mode):
     proc = sandbox.reaper("exec", "--containment", mode, "--", "sh", "-c", SETSID_TREE)
     _wait_for_count(sandbox, "sleep", 2)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert proc.wait(timeout=30) == -signal.SIGTERM   # reaper dies of the TERM it forwarded (cli.exit_like_the_job)
     sandbox.assert_empty()
 
 
@@ -123,7 +123,7 @@ def test_term_ignoring_setsid_grandchild_is_killed_after_grace(sandbox, mode):
     daemon = psutil.Process(int(lines.until("daemon ").split()[1]))
     lines.until("ready ")
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert proc.wait(timeout=30) == -signal.SIGTERM   # reaper dies of the TERM it forwarded (cli.exit_like_the_job)
     assert not daemon.is_running()
     sandbox.assert_empty()
 
@@ -133,7 +133,7 @@ def test_runaway_forker_converges_to_zero_survivors(sandbox, mode):
                           *helper("forker.py"), "4", "100", "200", stdout=subprocess.PIPE)
     Lines(proc.stdout).until("ready ", timeout_s=30)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=45) in (128 + signal.SIGTERM, 128 + signal.SIGKILL)
+    assert proc.wait(timeout=45) in (-signal.SIGTERM, 128 + signal.SIGKILL)
     sandbox.assert_empty()
 
 
@@ -291,3 +291,20 @@ def test_job_starts_with_no_blocked_or_ignored_signal(sandbox, mode):
                                  "/proc/self/status")
     assert code == 0, err
     assert out.decode().split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16]
+
+
+def test_reaper_dies_of_the_stop_signal_it_forwarded_and_the_job_died_of(sandbox):
+    # What systemd (KillMode=mixed) and a shell (Ctrl-C in a loop) expect of a
+    # clean stop: the job died of the signal reaper passed on, so reaper dies of it too.
+    proc = sandbox.reaper("exec", "--", "sh", "-c", "echo ready; exec sleep 1000", stdout=subprocess.PIPE)
+    Lines(proc.stdout).until("ready")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == -signal.SIGINT
+    sandbox.assert_empty()
+
+
+def test_a_job_killed_by_a_signal_reaper_did_not_forward_gives_128_plus_n(sandbox):
+    # An unexpected death stays a failure with the real status (systemd: failed, ExecMainStatus=143).
+    code, _, err = sandbox.run("exec", "--", "sh", "-c", "kill -TERM $$")
+    assert code == 128 + signal.SIGTERM, err
+    sandbox.assert_empty()

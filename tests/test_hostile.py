@@ -79,7 +79,7 @@ def test_escaped_daemon_gets_term_and_the_full_grace_to_shut_down(sandbox, mode)
     assert alive(daemon) and proc.poll() is None
     with open(release, "w") as f:
         f.write("done")
-    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert proc.wait(timeout=30) == -signal.SIGTERM   # dies of the TERM it forwarded (cli.exit_like_the_job)
     assert time.monotonic() - start < 30, "reaper must not have waited for SIGKILL"
     sandbox.assert_empty()
 
@@ -108,7 +108,7 @@ def test_second_term_kills_at_once(sandbox, mode):
     proc.send_signal(signal.SIGTERM)
     assert wait_gone(main)      # reaper is stopping: the daemons ignore TERM, the grace is long
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert proc.wait(timeout=30) == -signal.SIGTERM   # dies of the TERM it forwarded (cli.exit_like_the_job)
     sandbox.assert_empty()
 
 
@@ -126,7 +126,7 @@ def test_process_moved_out_of_the_job_cgroup_is_still_collected(sandbox, stay):
         assert str(moved) in f.read().split(), "the child should have left the job cgroup"
     if stay:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        assert proc.wait(timeout=30) == -signal.SIGTERM   # dies of the TERM it forwarded (cli.exit_like_the_job)
     else:
         assert proc.wait(timeout=30) == 0
     assert not alive(moved)
@@ -213,7 +213,7 @@ def test_cgroup_parent_inside_a_live_job_is_refused(sandbox):
     code, _, err = sandbox.run("exec", "--cgroup-parent", os.path.join(sandbox.path, job), "--", "true")
     assert code == 125 and one_line(err) and b"jobs do not nest" in err
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert proc.wait(timeout=30) == -signal.SIGTERM   # dies of the TERM it forwarded (cli.exit_like_the_job)
 
 
 # -- 5: every signal that would end reaper ------------------------------------------
@@ -247,7 +247,7 @@ def test_tstp_away_from_a_terminal_suspends_the_whole_job_not_reaper(sandbox, mo
     proc.send_signal(signal.SIGCONT)
     wait_state(daemon, "S")
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert proc.wait(timeout=30) == -signal.SIGTERM   # dies of the TERM it forwarded (cli.exit_like_the_job)
     sandbox.assert_empty()
 
 
@@ -341,7 +341,7 @@ def test_fallback_sweep_leaves_bystanders_alone_under_pid_churn(sandbox):
                           sys.executable, "-c", churn, stdout=subprocess.PIPE)
     Lines(proc.stdout).until("ready", timeout_s=30)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert proc.wait(timeout=60) == -signal.SIGTERM   # dies of the TERM it forwarded (cli.exit_like_the_job)
     for b, spy in zip(bystanders, spies):
         assert b.poll() is None
         os.set_blocking(spy.fd, False)
