@@ -20,6 +20,19 @@ Killing follows Documentation/admin-guide/cgroup-v2.rst:
 - `cgroup.events` is pollable: POLLPRI fires when `populated` or `frozen`
   changes (the kernel rate-limits these notifications to about one per 10 ms).
 A cgroup that vanished counts as empty.
+
+Ownership and liveness (for `reaper gc` and the housekeeping of every exec):
+each job cgroup carries the xattr `user.reaper` = "PIDNS PID STARTTIME" of its
+supervisor (user xattrs on cgroupfs: Linux >= 5.7).  A directory without it was
+not made by reaper and is never touched.  The supervisor is alive when that
+pid, in that pid namespace, still has that start time, which a job cannot fake
+by holding a lock.  The flock on the directory stays, as the only evidence
+across pid namespaces.
+
+A root job can write reaper's own pid into the job cgroup; freezing or
+cgroup.kill would then hit reaper.  evict_self() moves reaper back to the
+cgroup it started in before either (a job racing it at that moment is not
+prevented: --pidns hides reaper's pid from the job).
 """
 
 import errno
@@ -31,6 +44,7 @@ import time
 from reaper.errors import ReaperError
 
 JOB_PREFIX = "reaper."
+MARK = "user.reaper"
 FREEZE_WAIT_S = 1.0     # a task stuck in D state may never report frozen
 
 
@@ -78,6 +92,56 @@ def own_path(proc_cgroup="/proc/self/cgroup"):
     return None
 
 
+def dir_of(mount, mount_root, rel):
+    """The directory of cgroup `rel` (as /proc/PID/cgroup names it), or None if not visible."""
+    if not mount or rel is None or rel.startswith("/.."):
+        return None     # outside our cgroup namespace (e.g. after nsenter): not reachable
+    root = mount_root or "/"
+    if root != "/":
+        if not (rel == root or rel.startswith(root + "/")):
+            return None
+        rel = rel[len(root):]
+    path = os.path.normpath(mount + "/" + rel.lstrip("/"))
+    return path if os.path.isdir(path) else None
+
+
+def _starttime(pid):
+    """Start time of `pid` in clock ticks since boot (proc(5), stat field 22), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rfind(b")") + 2:].split()[19])
+
+
+def _pidns():
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+def supervisor_mark():
+    return f"{_pidns()} {os.getpid()} {_starttime('self')}".encode()
+
+
+def supervisor_alive(path, lock_fd):
+    """Is the supervisor of job cgroup `path` alive?  None: `path` is not reaper's."""
+    try:
+        pidns, pid, start = os.getxattr(path, MARK).decode().split()
+    except (OSError, ValueError, UnicodeError):
+        return None
+    try:
+        same_ns = int(pidns) == _pidns()
+    except OSError:
+        same_ns = False
+    if same_ns:
+        return pid.isdigit() and _starttime(int(pid)) == int(start)
+    try:                # another pid namespace: only its lock can tell
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+
+
 class Hierarchy:
     """The cgroup2 hierarchy as this process sees it."""
 
@@ -88,16 +152,7 @@ class Hierarchy:
 
     def own_dir(self):
         """Directory of this process's own cgroup, or None if it is not visible."""
-        if not self.mount or self.own is None:
-            return None
-        rel = self.own
-        root = self.mount_root or "/"
-        if root != "/":
-            if not (rel == root or rel.startswith(root + "/")):
-                return None
-            rel = rel[len(root):]
-        path = os.path.normpath(self.mount + "/" + rel.lstrip("/"))
-        return path if os.path.isdir(path) else None
+        return dir_of(self.mount, self.mount_root, self.own)
 
     def default_parent(self):
         """The one place that decides where job cgroups are created."""
@@ -116,7 +171,23 @@ class Hierarchy:
             raise ReaperError(f"cgroup parent {path} is outside the cgroup2 mount {self.mount}")
         if not os.path.isdir(path):
             raise ReaperError(f"cgroup parent {path} does not exist")
+        inside = _enclosing_job(self.mount, path)
+        if inside:
+            raise ReaperError(f"cgroup parent {path} is inside the job cgroup {inside} (jobs do not nest)")
         return path
+
+
+def _enclosing_job(mount, path):
+    """The job cgroup of reaper's that `path` is in (or is), or None."""
+    while len(path) > len(mount):
+        if os.path.basename(path).startswith(JOB_PREFIX):
+            try:
+                os.getxattr(path, MARK)
+                return path
+            except OSError:
+                pass
+        path = os.path.dirname(path)
+    return None
 
 
 def writable(parent):
@@ -147,41 +218,62 @@ def _write(path, data):
 class JobCgroup:
     """One job's cgroup directory: created before the job, removed after it."""
 
-    def __init__(self, path, lock_fd=None):
+    def __init__(self, path, lock_fd=None, home=None):
         self.path = path
         self.lock_fd = lock_fd
+        self.home = home        # (mount, mount root, directory reaper started in or None)
+        self.rel = None         # the path as /proc/PID/cgroup names it
+        if home is not None:
+            mount, root = home[0], home[1] or "/"
+            self.rel = os.path.normpath(root + "/" + path[len(mount):]).replace("//", "/")
         self.use_kill = has_kill(path)
         self.events_fd = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
         self.gone = False
 
     @classmethod
-    def create(cls, parent, name):
-        """Make `reaper.<pid>.<name>` (or `.<n>` after it if taken) and lock it.
+    def create(cls, parent, name, home=None):
+        """Make `reaper.<pid>.<name>` (or `.<n>` after it if taken), mark it ours and lock it.
 
         The pid alone is not unique: reapers that are PID 1 of different pid
-        namespaces may share a parent.  The lock marks the supervisor as alive
-        for collect_stale(); if a concurrent collect_stale() got the lock of the
-        fresh directory first, it removes it and we take the next name.
+        namespaces may share a parent.  The mark is written before anything
+        could treat the directory as a job's (see supervisor_alive()).
         """
         base = os.path.join(parent, f"{JOB_PREFIX}{os.getpid()}.{name}")
+        mark = supervisor_mark()
         for n in range(100):
             path = base if n == 0 else f"{base}.{n}"
             try:
                 os.mkdir(path)
-                lock_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except (FileExistsError, FileNotFoundError):
                 continue
             try:
+                _mark(path, mark)
+                lock_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                _rmdir_quiet(path)
+                raise
+            try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return cls(path, lock_fd)
-            except BlockingIOError:
-                os.close(lock_fd)
-                continue
+                return cls(path, lock_fd, home)
             except OSError:
                 os.close(lock_fd)
                 _rmdir_quiet(path)
                 raise
         raise OSError(errno.EEXIST, "too many job cgroups with this name", base)
+
+    def evict_self(self):
+        """If the job moved reaper into its cgroup, move reaper back where it started."""
+        if self.home is None or self.home[2] is None:
+            return
+        mount, root, home_dir = self.home
+        here = dir_of(mount, root, own_path())
+        if here is None or not (here == self.path or here.startswith(self.path + "/")):
+            return
+        try:
+            _write(os.path.join(home_dir, "cgroup.procs"), b"0")
+        except OSError as e:
+            raise ReaperError(f"the job moved reaper into its own cgroup and reaper cannot leave it: "
+                              f"{e.strerror}")
 
     @property
     def procs_file(self):
@@ -203,6 +295,9 @@ class JobCgroup:
         return result
 
     def populated(self):
+        if not self.events().get("populated", 0):
+            return False
+        self.evict_self()       # reaper itself must never count as the job
         return bool(self.events().get("populated", 0))
 
     def pids(self):
@@ -239,6 +334,7 @@ class JobCgroup:
 
     def signal_all(self, sig):
         """Deliver `sig` to every process of the cgroup, race-free against fork."""
+        self.evict_self()
         if sig == 9 and self.use_kill:
             try:
                 _write(os.path.join(self.path, "cgroup.kill"), b"1")
@@ -269,6 +365,15 @@ class JobCgroup:
         _rmdir_quiet(self.path)
         if self.lock_fd is not None:
             os.close(self.lock_fd)
+
+
+def _mark(path, mark):
+    try:
+        os.setxattr(path, MARK, mark)
+    except OSError as e:
+        if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # No user xattrs (Linux < 5.7): the job runs, but gc will not touch it.
 
 
 def _rmdir_quiet(path):
@@ -305,11 +410,10 @@ def remove_tree(path, wait_s=2.0):
 def collect_stale(parent):
     """Kill and remove job cgroups under `parent` whose supervisor is gone.
 
-    A live supervisor holds an flock on its job's cgroup directory, and the
-    kernel drops it when the supervisor dies, however it dies.  So a job cgroup
-    whose lock can be taken is stale.  Unlike a pid in the name, this holds
-    across pid namespaces and pid reuse.  Cheap enough for every `reaper exec`:
-    one open and one flock per job cgroup under the parent.
+    Only directories carrying reaper's mark are considered, and a supervisor
+    is dead when its pid no longer has its start time (supervisor_alive()), so
+    a job that takes its cgroup's lock cannot keep itself alive.  Cheap enough
+    for every `reaper exec`: a getxattr and a stat of /proc per job cgroup.
     """
     removed = []
     try:
@@ -324,11 +428,9 @@ def collect_stale(parent):
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if supervisor_alive(path, fd) is not False:
             os.close(fd)
-            continue        # its supervisor is alive
+            continue        # alive, or not reaper's
         try:
             if remove_tree(path):
                 removed.append(path)

@@ -15,25 +15,53 @@ import sys
 from reaper.errors import EXIT_FAILURE, ReaperError
 
 USAGE = """\
-usage: reaper exec [OPTIONS] [--] CMD [ARG...]
-       reaper doctor [--json]
-       reaper gc [-v] [--cgroup-parent PATH]
+usage: reaper exec [OPTIONS] [--] CMD [ARG...]   run CMD; return when nothing of it is left
+       reaper doctor [--json]                    what this machine offers, and what exec will use
+       reaper gc [-v] [--cgroup-parent PATH]     collect jobs whose reaper was killed
        reaper --version
+`reaper COMMAND --help` shows the options of COMMAND.
+"""
 
-exec options:
+EXEC_USAGE = """\
+usage: reaper exec [OPTIONS] [--] CMD [ARG...]
+
+Run CMD as a job; every process it starts is collected before reaper returns.
+
+options:
   -v, --verbose          say which containment is used and why, and each step
   --name NAME            job name, used in the cgroup name reaper.<pid>.<NAME>
   --containment MODE     auto (default), cgroup or pgroup
   --cgroup-parent PATH   create the job cgroup here (default: reaper's own cgroup)
-  --timeout DURATION     stop the job after DURATION and exit 124
-  --grace DURATION       time between the stop signal and SIGKILL (default 10s)
-  --stop-signal SIG      signal sent to leftovers and on timeout (default TERM)
+  --timeout DURATION     stop the job after DURATION and exit 124 (0: no limit)
+  --grace DURATION       time every process gets between the stop signal and
+                         SIGKILL (default 10s; 8s as PID 1, below the 10s of
+                         docker/podman stop)
+  --stop-signal SIG      signal for leftovers and on timeout (default TERM)
   --wait-all             after the main process exits, wait for the rest to exit
   --pidns                run the job in a new pid namespace (dies with reaper)
 
 DURATION: 1.5, 500ms, 10s, 2m, 1h.  Exit status: the job's; 128+N if it died of
 signal N; 124 timeout; 125 reaper failed; 126 not executable; 127 not found.
 """
+
+DOCTOR_USAGE = """\
+usage: reaper doctor [--json]
+
+Report what this machine offers reaper (kernel features, cgroup layout,
+permissions) and which containment `reaper exec` would use, and why.
+"""
+
+GC_USAGE = """\
+usage: reaper gc [-v] [--cgroup-parent PATH]
+
+Kill and remove job cgroups whose reaper died (SIGKILL, OOM): only directories
+reaper made, and only when their supervisor is verifiably gone.
+"""
+
+HELP = ("-h", "--help")
+DEFAULT_GRACE = "10s"
+PID1_GRACE = "8s"       # docker/podman stop wait 10s, Kubernetes 30s: finish first
+MAX_DURATION_S = 10 * 366 * 86400.0
 
 EXEC_FLAGS = {"-v": "verbose", "--verbose": "verbose", "--wait-all": "wait_all", "--pidns": "pidns"}
 EXEC_VALUES = {"--name": "name", "--containment": "containment", "--cgroup-parent": "cgroup_parent",
@@ -53,6 +81,8 @@ def parse_duration(text, option):
         value = -1.0
     if not value >= 0 or value == float("inf") or number.strip() != number:
         raise ReaperError(f"{option}: invalid duration {text!r} (examples: 1.5, 500ms, 10s, 2m)")
+    if value > MAX_DURATION_S:
+        raise ReaperError(f"{option}: duration {text!r} is too long (at most 10 years)")
     return value
 
 
@@ -85,7 +115,7 @@ def default_name(cmd):
 def parse_exec(args):
     opts = {"verbose": False, "wait_all": False, "pidns": False, "name": None,
             "containment": "auto", "cgroup_parent": None, "timeout": None,
-            "grace": "10s", "stop_signal": "TERM"}
+            "grace": PID1_GRACE if os.getpid() == 1 else DEFAULT_GRACE, "stop_signal": "TERM"}
     i = 0
     while i < len(args):
         arg = args[i]
@@ -95,6 +125,8 @@ def parse_exec(args):
         if not arg.startswith("-") or arg == "-":
             break
         key, eq, value = arg.partition("=")
+        if arg in HELP:
+            raise Help(EXEC_USAGE)
         if key in EXEC_FLAGS and not eq:
             opts[EXEC_FLAGS[key]] = True
         elif key in EXEC_VALUES:
@@ -114,16 +146,31 @@ def parse_exec(args):
         raise ReaperError(f"--containment: expected auto, cgroup or pgroup, not {opts['containment']!r}")
     opts["grace"] = parse_duration(opts["grace"], "--grace")
     if opts["timeout"] is not None:
-        opts["timeout"] = parse_duration(opts["timeout"], "--timeout")
+        # As with timeout(1), 0 means no limit.
+        opts["timeout"] = parse_duration(opts["timeout"], "--timeout") or None
+    if opts["cgroup_parent"] == "":
+        raise ReaperError("--cgroup-parent: empty path")
     opts["stop_signal"] = parse_signal(opts["stop_signal"])
     opts["name"] = check_name(opts["name"]) if opts["name"] is not None else default_name(argv[0])
     return opts, argv
 
 
+class Help(Exception):
+    """--help was asked for: print this text on stdout and exit 0."""
+
+
+def say(msg, fd=2):
+    """Write one line; a closed or broken stderr must never stop reaper from collecting."""
+    try:
+        os.write(fd, msg.encode(errors="replace"))
+    except OSError:
+        pass
+
+
 def make_log(verbose):
     if not verbose:
         return None
-    return lambda msg: os.write(2, f"reaper: {msg}\n".encode(errors="replace"))
+    return lambda msg: say(f"reaper: {msg}\n")
 
 
 def cmd_exec(args):
@@ -131,9 +178,13 @@ def cmd_exec(args):
     log = make_log(opts["verbose"])
     from reaper import containment
     from reaper.supervisor import Supervisor
-    holder = containment.choose(opts["containment"], opts["name"], opts["cgroup_parent"])
+    holder = containment.choose(opts["containment"], opts["name"], opts["cgroup_parent"],
+                                own_init=opts["pidns"])
     if log:
         log(f"containment: {holder.name}: {holder.reason}")
+        if not opts["pidns"] and os.getpid() != 1:
+            log("note: the job can see reaper's pid, so it can stop or signal reaper; "
+                "--pidns hides it")
     before_exec = None
     if opts["pidns"]:
         from reaper import pidns
@@ -146,6 +197,8 @@ def cmd_exec(args):
 
 def cmd_doctor(args):
     from reaper import doctor
+    if any(a in HELP for a in args):
+        raise Help(DOCTOR_USAGE)
     if args not in ([], ["--json"]):
         raise ReaperError(f"doctor: unknown arguments {' '.join(args)!r}")
     return doctor.main(as_json=bool(args))
@@ -157,6 +210,8 @@ def cmd_gc(args):
     i = 0
     while i < len(args):
         key, eq, value = args[i].partition("=")
+        if args[i] in HELP:
+            raise Help(GC_USAGE)
         if key in ("-v", "--verbose") and not eq:
             verbose = True
         elif key == "--cgroup-parent":
@@ -174,9 +229,9 @@ def cmd_gc(args):
         raise ReaperError(f"gc: {problem}")
     removed = cgroup.collect_stale(where)
     for path in removed:
-        print(f"removed {path}")
+        say(f"removed {path}\n", 1)
     if verbose:
-        os.write(2, f"reaper: gc: {len(removed)} stale job cgroup(s) under {where}\n".encode())
+        say(f"reaper: gc: {len(removed)} stale job cgroup(s) under {where}\n")
     return 0
 
 
@@ -185,32 +240,35 @@ COMMANDS = {"exec": cmd_exec, "doctor": cmd_doctor, "gc": cmd_gc}
 
 def report(error):
     """Print a ReaperError as one `reaper:` line; return its exit code."""
-    os.write(2, f"reaper: {error}\n".encode(errors="replace"))
+    say(f"reaper: {error}\n")
     return error.code
 
 
 def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
     try:
-        if not args or args[0] in ("-h", "--help", "help"):
-            sys.stdout.write(USAGE)
-            return 0 if args else EXIT_FAILURE
+        if not args:
+            raise ReaperError("no command given (reaper exec|doctor|gc; see reaper --help)")
+        if args[0] in HELP or args[0] == "help":
+            raise Help(USAGE)
         if args[0] == "--version":
             from reaper import __version__
-            print(f"reaper {__version__}")
-            return 0
+            raise Help(f"reaper {__version__}\n")
         command = COMMANDS.get(args[0])
         if command is None:
             raise ReaperError(f"unknown command {args[0]!r} (expected exec, doctor or gc)")
         return command(args[1:])
+    except Help as h:
+        say(str(h), 1)
+        return 0
     except ReaperError as e:
         return report(e)
     except KeyboardInterrupt:
         return 130
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
-        os.write(2, f"reaper: {e.strerror or e}{where}\n".encode(errors="replace"))
+        say(f"reaper: {e.strerror or e}{where}\n")
         return EXIT_FAILURE
     except Exception as e:
-        os.write(2, f"reaper: internal error: {e!r}\n".encode(errors="replace"))
+        say(f"reaper: internal error: {e!r}\n")
         return EXIT_FAILURE

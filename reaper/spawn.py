@@ -120,10 +120,12 @@ def _failure(stage, err, cmd):
     reason = os.strerror(err)
     if stage == "exec":
         if err in (2, 20):      # ENOENT, ENOTDIR
-            return ReaperError(f"{cmd}: command not found", EXIT_NOTFOUND)
+            return ReaperError(f"{cmd!r}: command not found" if not cmd else f"{cmd}: command not found", EXIT_NOTFOUND)
         return ReaperError(f"{cmd}: cannot execute: {reason}", EXIT_NOEXEC)
     if stage == "cgroup":
         return ReaperError(f"cannot move the job into its cgroup: {reason}")
+    if not err:
+        return ReaperError(f"cannot start the job ({stage})")
     return ReaperError(f"cannot start the job ({stage}): {reason}")
 
 
@@ -164,12 +166,13 @@ def _child(argv, wfd, parent, old_mask, cgroup_procs, tty_fd, foreground,
             os._exit(before_exec(wfd))
         stage = "exec"
         os.execvp(argv[0], argv)
-    except OSError as e:
-        code = EXIT_NOTFOUND if stage == "exec" and e.errno in (2, 20) else (
+    except BaseException as e:
+        # An empty command name raises ValueError before execve(): it is not found.
+        err = errno.ENOENT if isinstance(e, ValueError) and stage == "exec" else (
+            getattr(e, "errno", None) or 0)
+        code = EXIT_NOTFOUND if stage == "exec" and err in (2, 20) else (
             EXIT_NOEXEC if stage == "exec" else EXIT_FAILURE)
         try:
-            os.write(wfd, f"{stage} {e.errno or 0}".encode())
+            os.write(wfd, f"{stage} {err}".encode())
         finally:
             os._exit(code)
-    except BaseException:
-        os._exit(EXIT_FAILURE)

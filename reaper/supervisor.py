@@ -10,15 +10,35 @@ zero wake-ups.
 
 All waiting happens here, with waitpid(-1): reaper is a child subreaper, so
 orphans of the job are its children, and one reaper of exit statuses avoids the
-status-stealing that a second waiter (subprocess.Popen) would suffer.  The job's
-process group is signalled with killpg only while its leader is un-reaped;
-after that the group id could be reused, and signals go through the
-containment instead (frozen cgroup or stopped tree, both reuse-safe).
+status-stealing a second waiter would suffer.  The main process's pid is
+forgotten the moment it is reaped, so a later child that recycles the pid is
+never taken for it.  Its process group is signalled with killpg only while the
+leader is un-reaped (the group id is pinned by it); every other signal goes
+through the containment, which pins what it signals.
 
-States: running -> (main exits) draining with --wait-all, else stopping;
-running -> (TERM/INT/QUIT, --timeout) stopping -> (main gone, grace over,
-second TERM/INT) killing -> collected.  If reaper itself fails, the job is
-killed and collected before the error is reported.
+Signals: every signal whose default action would end reaper is caught (tini
+forwards the same set), except the faults the kernel raises for reaper's own
+bugs (SEGV, BUS, FPE, ILL, TRAP, SYS) and those its own I/O and CPU use raise
+(PIPE, XFSZ, XCPU: ignored).  TERM, INT and QUIT stop the job; the others are
+forwarded to the job's process group (its whole tree once the main process is
+gone); away from a terminal the job-control stops are forwarded too, so
+`kill -TSTP reaper` stops the job, not its supervisor.
+
+The stop, like systemd's KillMode=control-group: the signal that started it
+(the one reaper received; --stop-signal on --timeout or when the main process
+exits) goes once to every process of the job, escaped ones included; each
+then has the whole --grace to exit; SIGKILL only for what is left after it, or
+at once on a second TERM or INT.  The main process exiting during the grace
+does not cut it short for the rest.
+
+States and their transition functions (events: main_exited, stop_request,
+timeout, grace_over, late_members):
+  running  -> draining (main exited, --wait-all) | stopping
+  draining -> stopping
+  stopping -> killing (grace over, second TERM/INT)
+  killing  -> (collected when the containment is empty and no child is left)
+If reaper itself fails, the job is killed and collected before the error is
+reported.
 """
 
 import os
@@ -32,14 +52,19 @@ from reaper import spawn
 from reaper.errors import EXIT_TIMEOUT, ReaperError
 from reaper.terminal import JOB_CONTROL_STOPS, Terminal
 
-FORWARDED = (_signal.SIGHUP, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGUSR1,
-             _signal.SIGUSR2, _signal.SIGTERM, _signal.SIGWINCH, _signal.SIGCONT)
+SIGKILL, SIGCHLD, SIGQUIT = _signal.SIGKILL, _signal.SIGCHLD, _signal.SIGQUIT
 STOPPING_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGQUIT)
-# Python ignores these at start-up; the job must get the default back.
-PYTHON_IGNORES = (_signal.SIGPIPE, _signal.SIGXFSZ)
-SIGKILL = _signal.SIGKILL
+NOT_CAUGHT = (_signal.SIGKILL, _signal.SIGSTOP, _signal.SIGCHLD,
+              _signal.SIGSEGV, _signal.SIGBUS, _signal.SIGFPE, _signal.SIGILL,
+              _signal.SIGTRAP, _signal.SIGSYS)
+OWN_RESOURCE_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGXCPU)
+CAUGHT = tuple(s for s in sorted(_signal.valid_signals())
+               if s not in NOT_CAUGHT and s not in OWN_RESOURCE_SIGNALS)
+MAX_POLL_MS = 2 ** 31 - 1       # poll(2) takes an int; longer deadlines are re-armed
 
 RUNNING, DRAINING, STOPPING, KILLING = "running", "draining", "stopping", "killing"
+MAIN_EXITED, STOP_REQUEST, TIMEOUT, GRACE_OVER, LATE_MEMBERS = (
+    "main_exited", "stop_request", "timeout", "grace_over", "late_members")
 
 
 def _ignore(signum, frame):
@@ -60,13 +85,17 @@ class Supervisor:
         self.before_exec = before_exec
         self.pid1 = os.getpid() == 1
         self.state = RUNNING
-        self.pid = None
+        self.pid = None             # the main process, until it is reaped
+        self.pgid = None
         self.main_status = None
         self.timed_out = False
         self.no_children = False
+        self.stopped_by = None
         self.kill_at = None
         self.timeout_at = None
         self.terminal = None
+        self.transitions = {RUNNING: self._running, DRAINING: self._draining,
+                            STOPPING: self._stopping, KILLING: self._killing}
 
     # -- set-up ---------------------------------------------------------
 
@@ -84,20 +113,25 @@ class Supervisor:
         except OSError as e:
             raise ReaperError(f"cannot create the signal pipe: {e.strerror} (check ulimit -n)")
         _signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        self.ignored = [s for s in FORWARDED if _signal.getsignal(s) == _signal.SIG_IGN]
-        handled = [s for s in FORWARDED if s not in self.ignored] + [_signal.SIGCHLD]
-        for sig in handled:
+        self.terminal = Terminal()
+        at_tty = self.terminal.fd is not None
+        # Signals ignored when reaper started stay ignored, for the job too (nohup).
+        handled = [s for s in CAUGHT if _signal.getsignal(s) != _signal.SIG_IGN
+                   and not (at_tty and s in JOB_CONTROL_STOPS)
+                   and not (self.pid1 and s in JOB_CONTROL_STOPS)]
+        for sig in handled + [SIGCHLD]:
             _signal.signal(sig, _ignore)
-        self.reset_in_child = handled + list(PYTHON_IGNORES)
+        for sig in OWN_RESOURCE_SIGNALS:
+            _signal.signal(sig, _signal.SIG_IGN)
+        self.reset_in_child = handled + [SIGCHLD] + list(OWN_RESOURCE_SIGNALS)
         if self.pid1:
             for sig in JOB_CONTROL_STOPS:
                 _signal.signal(sig, _signal.SIG_IGN)
             self.reset_in_child += list(JOB_CONTROL_STOPS)
+        if at_tty:
+            self.reset_in_child.append(_signal.SIGTTOU)
 
     def _start(self):
-        self.terminal = Terminal()
-        if self.terminal.fd is not None:
-            self.reset_in_child.append(_signal.SIGTTOU)
         self.pid = spawn.spawn(
             self.argv,
             cgroup_procs=self.containment.cgroup_procs,
@@ -108,6 +142,7 @@ class Supervisor:
             pdeathsig=0 if self.pid1 else SIGKILL,
             before_exec=self.before_exec,
         )
+        self.pgid = self.pid
         self.log(f"started pid {self.pid}: {' '.join(self.argv)}")
         if self.timeout_s is not None:
             self.timeout_at = time.monotonic() + self.timeout_s
@@ -124,8 +159,8 @@ class Supervisor:
             self._collect_after_failure()
             raise
         finally:
-            if self.terminal is not None and self.pid is not None:
-                self.terminal.restore(self.pid)
+            if self.terminal is not None and self.pgid is not None:
+                self.terminal.restore(self.pgid)
             self.containment.close()
         if self.timed_out:
             return EXIT_TIMEOUT
@@ -142,6 +177,7 @@ class Supervisor:
             if self._collected():
                 return
             self._check_deadlines()
+            self._check_late_members()
             if self._collected():
                 return
             for fd, _ in poller.poll(self._poll_timeout_ms()):
@@ -153,7 +189,11 @@ class Supervisor:
         deadlines = [d for d in (self.kill_at, self.timeout_at) if d is not None]
         if not deadlines:
             return None     # nothing scheduled: sleep until an event
-        return max(0.0, min(deadlines) - time.monotonic()) * 1000 + 1
+        ms = max(0.0, min(deadlines) - time.monotonic()) * 1000 + 1
+        return int(min(ms, MAX_POLL_MS))
+
+    def _job_empty(self):
+        return self.no_children and self.containment.empty()
 
     def _collected(self):
         if self.main_status is None:
@@ -162,54 +202,43 @@ class Supervisor:
             # PID 1 also adopts processes that `docker exec` started: they are
             # not the job, so only the job's cgroup decides.
             return self.containment.empty()
-        return self.no_children and self.containment.empty()
+        return self._job_empty()
 
     # -- events ---------------------------------------------------------
+
+    def _event(self, event, sig=None):
+        self.transitions[self.state](event, sig)
 
     def _reap(self):
         flags = os.WNOHANG
         if self.terminal.fd is not None:
             flags |= os.WUNTRACED
+        main_exited = False
         while True:
             try:
                 pid, status = os.waitpid(-1, flags)
             except ChildProcessError:
                 self.no_children = True
-                return
+                break
             if pid == 0:
-                return
+                self.no_children = False
+                break
+            if pid != self.pid:
+                continue
             if os.WIFSTOPPED(status):
-                self._on_stopped(pid, os.WSTOPSIG(status))
-            elif pid == self.pid:
+                self._on_stopped(os.WSTOPSIG(status))
+            else:
                 self.main_status = status
-                self._on_main_exit()
+                self.pid = None     # reaped: the pid may be reused from now on
+                main_exited = True
+        if main_exited:
+            self.log(f"main process exited ({self._describe(self.main_status)})")
+            self._event(MAIN_EXITED)
 
-    def _on_stopped(self, pid, sig):
-        if pid == self.pid and self.state == RUNNING and sig in JOB_CONTROL_STOPS:
+    def _on_stopped(self, sig):
+        if self.state == RUNNING and sig in JOB_CONTROL_STOPS:
             self.log(f"job stopped by signal {sig}; stopping too")
-            self.terminal.suspend_like(self.pid, sig)
-
-    def _on_main_exit(self):
-        self.log(f"main process exited ({self._describe(self.main_status)})")
-        if self.state == RUNNING:
-            if self.wait_all:
-                self.state = DRAINING
-                self.log("--wait-all: waiting for the rest of the job to exit")
-            elif not self._job_empty():
-                self._begin_stop(self.stop_signal, "the main process exited")
-        elif self.state == STOPPING:
-            self._kill_all("the main process has exited")
-
-    def _job_empty(self):
-        if not self.containment.empty():
-            return False
-        if self.containment.authoritative:
-            return True
-        try:
-            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return True
-        return False
+            self.terminal.suspend_like(self.pgid, sig)
 
     def _drain_signals(self):
         try:
@@ -217,41 +246,92 @@ class Supervisor:
         except BlockingIOError:
             return
         for sig in data:
-            if sig != _signal.SIGCHLD:
-                self._on_signal(sig)
-
-    def _on_signal(self, sig):
-        self.log(f"received signal {sig}")
-        self._forward(sig)
-        if sig not in STOPPING_SIGNALS:
-            return
-        if self.state == STOPPING and sig != _signal.SIGQUIT:
-            self._kill_all("a second stop signal arrived")
-        elif self.state in (RUNNING, DRAINING):
-            if self.main_status is not None:
-                self._kill_all("the main process has already exited")
+            if sig == SIGCHLD:
+                continue
+            self.log(f"received signal {sig}")
+            if sig in STOPPING_SIGNALS:
+                self._event(STOP_REQUEST, sig)
             else:
-                self.state = STOPPING
-                self.kill_at = time.monotonic() + self.grace_s
+                self._forward(sig)
 
     def _check_deadlines(self):
         now = time.monotonic()
         if self.timeout_at is not None and now >= self.timeout_at:
             self.timeout_at = None
-            self.timed_out = True
-            if self.state in (RUNNING, DRAINING):
-                self._begin_stop(self.stop_signal, f"--timeout {self.timeout_s:g}s expired")
+            self._event(TIMEOUT)
         if self.kill_at is not None and now >= self.kill_at:
-            self._kill_all(f"the grace period of {self.grace_s:g}s is over")
+            self.kill_at = None
+            self._event(GRACE_OVER)
 
-    # -- the stop ladder ------------------------------------------------
+    def _check_late_members(self):
+        """Processes that left the job cgroup surface as reaper's children once it empties."""
+        if self.state in (STOPPING, KILLING) and not self.no_children and self.containment.empty():
+            late = self.containment.outsiders(new_only=True)
+            if late:
+                self._event(LATE_MEMBERS, late)
+
+    # -- transitions, one function per state ------------------------------
+
+    def _running(self, event, sig):
+        if event == MAIN_EXITED:
+            if self._job_empty():
+                return      # nothing left: _collected() ends the loop
+            if self.wait_all:
+                self.state = DRAINING
+                self.log("--wait-all: waiting for the rest of the job to exit")
+            else:
+                self._stop(self.stop_signal, "the main process exited")
+        elif event == STOP_REQUEST:
+            self._stop(sig, f"received signal {sig}")
+        elif event == TIMEOUT:
+            self.timed_out = True
+            self._stop(self.stop_signal, f"--timeout {self.timeout_s:g}s expired")
+
+    def _draining(self, event, sig):
+        if event == STOP_REQUEST:
+            self._stop(sig, f"received signal {sig}")
+        elif event == TIMEOUT:
+            self.timed_out = True
+            self._stop(self.stop_signal, f"--timeout {self.timeout_s:g}s expired")
+
+    def _stopping(self, event, sig):
+        if event == GRACE_OVER:
+            self._kill(f"the grace period of {self.grace_s:g}s is over")
+        elif event == STOP_REQUEST and sig != SIGQUIT:
+            self._kill("a second stop signal arrived")
+        elif event == LATE_MEMBERS:
+            self.log(f"processes that left the job cgroup: {sig}; signal {self.stopped_by} "
+                     f"and a full grace for them")
+            self.containment.signal_outsiders(self.stopped_by, sig)
+            self.kill_at = time.monotonic() + self.grace_s
+
+    def _killing(self, event, sig):
+        if event == LATE_MEMBERS:
+            self.containment.signal_outsiders(SIGKILL, sig)
+
+    # -- actions --------------------------------------------------------
+
+    def _stop(self, sig, why):
+        self.log(f"stopping: {why}; signal {sig} to every process of the job, "
+                 f"SIGKILL after {self.grace_s:g}s")
+        self.state = STOPPING
+        self.stopped_by = sig
+        self.containment.signal_all(sig)
+        self.kill_at = time.monotonic() + self.grace_s
+
+    def _kill(self, why):
+        self.log(f"killing: {why}")
+        self.state = KILLING
+        self.kill_at = None
+        self._killpg(SIGKILL)
+        self.containment.signal_all(SIGKILL)
 
     def _killpg(self, sig):
         """Signal the job's process group, but only while its leader is un-reaped."""
-        if self.main_status is not None:
+        if self.pid is None:
             return False
         try:
-            os.killpg(self.pid, sig)
+            os.killpg(self.pgid, sig)
         except ProcessLookupError:
             pass
         return True
@@ -260,32 +340,18 @@ class Supervisor:
         if not self._killpg(sig):
             self.containment.signal_all(sig)
 
-    def _begin_stop(self, sig, why):
-        self.log(f"stopping: {why}; sending signal {sig} to the whole job")
-        self._killpg(sig)
-        self.containment.signal_all(sig)
-        self.state = STOPPING
-        self.kill_at = time.monotonic() + self.grace_s
-
-    def _kill_all(self, why):
-        self.log(f"killing: {why}")
-        self.state = KILLING
-        self.kill_at = None
-        self._killpg(SIGKILL)
-        self.containment.signal_all(SIGKILL)
-
     def _collect_after_failure(self):
         """reaper failed: kill the job and wait until it is gone, whatever it takes."""
-        if self.pid is None:
+        if self.pgid is None:
             return
         self.log("reaper failed; killing the job before exiting")
-        for action in (lambda: self._killpg(SIGKILL), lambda: self.containment.signal_all(SIGKILL)):
+        from reaper import tree
+        for action in (lambda: self._killpg(SIGKILL), lambda: self.containment.signal_all(SIGKILL),
+                       lambda: tree.signal_all(SIGKILL)):
             try:
                 action()
             except Exception:
                 pass
-        from reaper import tree
-        tree.signal_all(SIGKILL)
         while True:
             try:
                 os.waitpid(-1, 0)
