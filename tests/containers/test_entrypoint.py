@@ -1,0 +1,334 @@
+"""reaper as a container's entrypoint (PID 1) under real runtimes: stop, statuses, zombies, faults.
+
+The documented behaviour these tests hold reaper to (README, "As a container
+entrypoint"):
+- `docker stop` / `podman stop` send TERM to reaper; every process of the job,
+  escaped daemons included, gets TERM and the full grace; SIGKILL only after.
+- As PID 1 reaper's default --grace is shorter than the runtimes' default stop
+  timeout (10 s), so reaper's own SIGKILL, not the runtime's, ends a job that
+  ignores TERM, and the container's status is the job's (143 for TERM), not
+  137.  With a --grace above the stop timeout the runtime's SIGKILL wins.
+- Orphans of `docker exec` sessions are reaped (PID 1 adopts them).
+Each test names its runtime; `runtime` runs the test with docker and podman.
+"""
+
+import json
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from runtimes import JOB, REAPER, docker_runtime, podman_missing, podman_runtime
+
+STOP_TIMEOUT_S = 10         # docker's and podman's default
+K8S_STOP_TIMEOUT_S = 30     # Kubernetes' terminationGracePeriodSeconds default
+
+
+def daemons_ready(stream, count):
+    """Wait until the job has `count` daemons up and says ready; return the daemons' pids."""
+    pids = []
+    while True:
+        line = stream.next()
+        assert line is not None, f"the job ended before it was ready; saw {stream.seen}"
+        if re.match(r"daemon \d+ ready$", line):
+            pids.append(line.split()[1])
+        elif line.startswith("ready "):
+            assert len(pids) == count, stream.seen
+            return pids
+
+
+def got_term(lines, who):
+    return f"{who} got TERM" in lines
+
+
+# -- docker stop --------------------------------------------------------------
+
+def test_stop_gives_every_process_term_and_returns_the_jobs_status(runtime):
+    name, out = runtime.start(cmd=[*JOB, "--daemons", "2"])
+    daemons = daemons_ready(out, 2)
+    took = runtime.stop(name, STOP_TIMEOUT_S)
+    lines = out.rest()
+    for pid in daemons:
+        assert got_term(lines, f"daemon {pid}"), f"escaped daemon {pid} got no TERM: {lines}"
+        assert f"daemon {pid} exits" in lines, lines
+    assert runtime.exit_code(name) == 143
+    assert took < STOP_TIMEOUT_S / 2, f"stop took {took:.2f}s"
+
+
+# Each case waits out reaper's whole grace (8 s as PID 1), so they run at once.
+LADDER = [("docker", STOP_TIMEOUT_S), ("podman", STOP_TIMEOUT_S), ("docker", K8S_STOP_TIMEOUT_S)]
+
+
+@pytest.fixture(scope="module")
+def ladder():
+    """Stop a job with a TERM-ignoring escaped daemon under each (runtime, stop timeout), concurrently.
+
+    Yields {(runtime, timeout): {"took", "lines", "status", "daemon"}}; a
+    runtime the lane did not configure is missing from it.
+    """
+    made = {"docker": docker_runtime()}
+    if not podman_missing():
+        made["podman"] = podman_runtime()
+    cases = []
+    try:
+        for rt_name, timeout_s in LADDER:
+            if rt_name in made:
+                rt = made[rt_name]
+                name, out = rt.start(cmd=[*JOB, "--daemons", "1", "--daemons-ignore-term"], reaper=["-v"])
+                cases.append((rt_name, timeout_s, rt, name, out))
+        daemons = {c[:2]: daemons_ready(c[4], 1)[0] for c in cases}
+        with ThreadPoolExecutor(len(cases)) as pool:
+            took = dict(zip([c[:2] for c in cases],
+                            pool.map(lambda c: c[2].stop(c[3], c[1]), cases)))
+        yield {c[:2]: {"took": took[c[:2]], "lines": c[4].rest(), "status": c[2].exit_code(c[3]),
+                       "daemon": daemons[c[:2]]} for c in cases}
+    finally:
+        for rt in made.values():
+            rt.cleanup()
+
+
+@pytest.mark.parametrize("rt_name, timeout_s", LADDER, ids=[f"{r}-t{t}" for r, t in LADDER])
+def test_stop_kills_a_term_ignoring_daemon_before_the_runtime_does(ladder, rt_name, timeout_s):
+    """No --grace: reaper's PID 1 default (8 s) runs out before the stop timeout
+    (10 s: docker and podman; 30 s: Kubernetes' terminationGracePeriodSeconds)."""
+    if (rt_name, timeout_s) not in ladder:
+        pytest.skip(podman_missing())
+    case = ladder[rt_name, timeout_s]
+    lines, daemon = case["lines"], case["daemon"]
+    assert got_term(lines, f"daemon {daemon}"), lines
+    assert f"daemon {daemon} ignores TERM" in lines, lines
+    assert any(line.startswith("reaper: killing") for line in lines), lines
+    # 137 would mean the runtime's SIGKILL hit reaper before its own ladder ended.
+    assert case["status"] == 143, lines
+    # The daemon had the whole grace; reaper's SIGKILL came before the runtime's.
+    assert 7.0 < case["took"] < min(timeout_s, 9.9), f"stop took {case['took']:.2f}s"
+
+
+def test_stop_returns_the_status_of_a_job_that_traps_term(runtime):
+    name, out = runtime.start(cmd=[*JOB, "--daemons", "1", "--trap-term", "7"])
+    [daemon] = daemons_ready(out, 1)
+    runtime.stop(name, STOP_TIMEOUT_S)
+    lines = out.rest()
+    assert "main " in " ".join(lines) and any(re.match(r"main \d+ got TERM$", x) for x in lines), lines
+    assert got_term(lines, f"daemon {daemon}"), lines
+    assert runtime.exit_code(name) == 7
+
+
+def test_a_grace_above_the_stop_timeout_loses_to_the_runtimes_sigkill(docker):
+    """The rule the README states: keep --grace below the stop timeout."""
+    name, out = docker.start(cmd=[*JOB, "--daemons", "1", "--daemons-ignore-term"], reaper=["--grace", "20s"])
+    daemons_ready(out, 1)
+    took = docker.stop(name, 2)
+    out.rest()
+    assert docker.exit_code(name) == 137
+    assert 1.5 < took < 10, f"stop took {took:.2f}s"
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "reaper bug: as PID 1 a TERM that arrives while Python is still starting, before reaper "
+    "installs its handlers, is dropped by the kernel (SIG_DFL at init); the runtime's SIGKILL "
+    "ends the container with 137 after the stop timeout (lost in 3 of 6 tries here)"))
+def test_stop_right_after_start_ends_the_job_not_the_runtime(docker):
+    """TERM right after `docker run -d`: reaper must still stop the job itself.
+
+    Two tries with a 2 s stop timeout: a lost TERM costs 2 s, not 10.
+    Whatever happens, the container ends and nothing of it is left (the
+    runtime's SIGKILL takes the pid namespace); teardown removes it.
+    """
+    for _ in range(2):
+        name = docker.name_new()
+        docker(*docker.command(name, ["-d"], [*JOB, "--daemons", "1"]))
+        took = docker.stop(name, 2)
+        code = docker.exit_code(name)
+        logs = docker("logs", name)
+        assert docker("inspect", "--format", "{{.State.Running}}", name)[1].strip() == "false"
+        assert code != 137, f"TERM right after start was lost: status 137 after {took:.2f}s; logs: {logs[1:]}"
+        assert code == 143, (code, logs[1:])
+
+
+def test_read_only_root_filesystem(runtime):
+    """reaper writes nothing but the job's cgroup: --read-only changes nothing."""
+    code, output = runtime.run("--read-only", cmd=[*JOB, "--daemons", "1", "--exit", "3"])
+    assert code == 3, output
+    assert "reaper:" not in output, output
+    name, out = runtime.start("--read-only", cmd=[*JOB, "--daemons", "1"])
+    [daemon] = daemons_ready(out, 1)
+    runtime.stop(name, STOP_TIMEOUT_S)
+    assert got_term(out.rest(), f"daemon {daemon}")
+    assert runtime.exit_code(name) == 143
+
+
+# -- exit statuses ------------------------------------------------------------
+
+@pytest.mark.parametrize("args, status", [
+    (["--exit", "0"], 0),
+    (["--exit", "3"], 3),
+    (["--kill-self", "TERM"], 143),
+    (["--kill-self", "KILL"], 137),
+], ids=["0", "3", "TERM", "KILL"])
+def test_the_container_exits_with_the_jobs_status(runtime, args, status):
+    code, output = runtime.run(cmd=[*JOB, "--daemons", "1", *args])
+    assert code == status, output
+    daemon = re.search(r"daemon (\d+) ready", output).group(1)
+    assert f"daemon {daemon} got TERM" in output, output
+
+
+def test_a_job_that_closes_stdout(docker):
+    code, output = docker.run(cmd=[*JOB, "--daemons", "1", "--close-stdout", "--exit", "5"])
+    assert code == 5, output
+    assert "reaper:" not in output, output
+
+
+def test_timeout_stops_the_whole_job_with_124(docker):
+    t0 = time.monotonic()
+    code, output = docker.run(cmd=[*JOB, "--daemons", "2"], reaper=["--timeout", "1s"])
+    took = time.monotonic() - t0
+    assert code == 124, output
+    assert output.count("got TERM") == 2, output      # both daemons; main dies of it silently
+    assert 1 <= took < STOP_TIMEOUT_S, f"took {took:.2f}s"
+
+
+# -- zombies of docker exec ---------------------------------------------------
+
+def zombies(rt, name):
+    out = rt("exec", name, "python3", "/jobs/zombies.py")[1]
+    return [line.split()[1] for line in out.splitlines() if line.startswith("zombie ")]
+
+
+def make_orphans(rt, name, count):
+    out = rt("exec", name, "python3", "/jobs/orphans.py", str(count))[1]
+    orphans = [line.split()[1] for line in out.splitlines() if line.startswith("orphan ")]
+    assert len(orphans) == count, out
+    return orphans
+
+
+def wait_no_zombies(rt, name, timeout_s=10.0):
+    """Zombies are reaped on SIGCHLD; allow a bounded moment for PID 1 to run."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = zombies(rt, name)
+        if not left or time.monotonic() > deadline:
+            return left
+
+
+def test_orphans_of_docker_exec_are_reaped_and_docker_top_hides_zombies(docker):
+    # Negative control: a bare `sleep` as PID 1 never reaps.
+    bare, out = docker.start(cmd=["/jobs/job.py"], entrypoint="python3")
+    out.until("ready")
+    orphans = make_orphans(docker, bare, 3)
+    assert sorted(zombies(docker, bare)) == sorted(orphans)
+    top = docker("top", bare, "-o", "pid,stat,comm")[1]
+    assert " Z" not in top and "defunct" not in top, f"docker top listed a zombie:\n{top}"
+
+    name, out = docker.start(cmd=JOB)
+    out.until("ready")
+    make_orphans(docker, name, 3)
+    assert wait_no_zombies(docker, name) == []
+    docker.stop(name, STOP_TIMEOUT_S)
+    assert docker.exit_code(name) == 143
+
+
+# -- --init: tini as PID 1, reaper below it -----------------------------------
+
+def test_under_init_reaper_still_collects_everything(docker):
+    """tini (docker-init) is PID 1 and reaps; reaper below it is a subreaper and stops the job.
+
+    reaper is not PID 1 here, so its grace is the ordinary default: pass a
+    --grace below the stop timeout.
+    """
+    name, out = docker.start("--init", cmd=[*JOB, "--daemons", "2", "--daemons-ignore-term"],
+                             reaper=["--grace", "2s"])
+    daemons = daemons_ready(out, 2)
+    init = docker("exec", name, "cat", "/proc/1/cmdline")[1].split("\0")[0]
+    assert "reaper" not in init, f"PID 1 is {init!r}, not docker's init"
+    make_orphans(docker, name, 2)
+    assert wait_no_zombies(docker, name) == []       # tini reaps what docker exec left
+    took = docker.stop(name, STOP_TIMEOUT_S)
+    lines = out.rest()
+    for pid in daemons:
+        assert got_term(lines, f"daemon {pid}"), lines
+    assert docker.exit_code(name) == 143
+    assert took < STOP_TIMEOUT_S - 0.5, f"stop took {took:.2f}s"
+
+
+# -- reaper doctor inside -------------------------------------------------------
+
+def test_doctor_inside_a_container(docker, artifacts):
+    code, text = docker.run(cmd=["doctor"], entrypoint=REAPER)
+    assert code == 0, text
+    code, raw = docker.run(cmd=["doctor", "--json"], entrypoint=REAPER)
+    assert code == 0, raw
+    info = json.loads(raw)
+    assert info["pid1"] is True
+    # unshare(CLONE_NEWPID) needs CAP_SYS_ADMIN, which a default container lacks.
+    assert info["pid_namespaces"] is False, info
+    assert info["auto_containment"] in ("cgroup", "pgroup"), info
+    if artifacts:
+        with open(os.path.join(artifacts, "doctor-docker.txt"), "w") as f:
+            f.write(text)
+    code, verbose = docker.run(cmd=["true"], reaper=["-v"])
+    assert code == 0, verbose
+    assert re.search(r"^reaper: containment: (cgroup|pgroup): ", verbose, re.M), verbose
+
+
+# -- docker kill -s KILL ----------------------------------------------------------
+
+def host_cgroups(pid):
+    """The directories of a host process's cgroups, in every mounted hierarchy."""
+    mounts = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, right = line.split(" - ")
+            fstype, _, opts = right.split()[:3]
+            target = left.split()[4]
+            if fstype == "cgroup2":
+                mounts[""] = target
+            elif fstype == "cgroup":
+                ctrls = [o for o in opts.split(",") if o not in ("rw", "ro") and "=" not in o or
+                         o.startswith("name=")]
+                mounts[",".join(ctrls)] = target
+    dirs = []
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            if ctrls in mounts:
+                dirs.append(os.path.join(mounts[ctrls], path.lstrip("/")))
+    return dirs
+
+
+def host_pids_in(cgroup_dir):
+    pids = set()
+    for root, _, files in os.walk(cgroup_dir):
+        if "cgroup.procs" in files:
+            with open(os.path.join(root, "cgroup.procs")) as f:
+                pids |= {int(p) for p in f.read().split()}
+    return pids
+
+
+def test_docker_kill_leaves_nothing_on_the_host(docker):
+    name, out = docker.start(cmd=[*JOB, "--daemons", "2", "--daemons-ignore-term"])
+    daemons_ready(out, 2)
+    init = int(docker("inspect", "--format", "{{.State.Pid}}", name)[1])
+    dirs = [d for d in host_cgroups(init) if name_in(d, docker, name)]
+    assert dirs, f"no cgroup of the container found for pid {init}: {host_cgroups(init)}"
+    pids = set().union(*(host_pids_in(d) for d in dirs))
+    assert len(pids) >= 4, pids      # reaper, main, two daemons
+    docker("kill", "-s", "KILL", name)
+    docker("wait", name)
+    assert docker.exit_code(name) == 137
+    alive = [p for p in pids if os.path.exists(f"/proc/{p}")]
+    assert not alive, f"container processes left on the host: {alive}"
+    left = [d for d in dirs if os.path.exists(d)]
+    assert not left, f"container cgroups left on the host: {left}"
+
+
+def name_in(path, rt, name):
+    cid = rt("inspect", "--format", "{{.Id}}", name)[1].strip()
+    return cid in path
+
+
+def test_the_lane_image_carries_no_compiler(docker):
+    code, output = docker.run(cmd=["-c", "command -v gcc cc || echo none"], entrypoint="sh")
+    assert output.strip() == "none", output
