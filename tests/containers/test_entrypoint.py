@@ -15,12 +15,13 @@ Each test names its runtime; `runtime` runs the test with docker and podman.
 import json
 import os
 import re
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from runtimes import JOB, REAPER, docker_runtime, podman_missing, podman_runtime
+from runtimes import HERE, JOB, REAPER, docker_runtime, podman_missing, podman_runtime
 
 STOP_TIMEOUT_S = 10         # docker's and podman's default
 K8S_STOP_TIMEOUT_S = 30     # Kubernetes' terminationGracePeriodSeconds default
@@ -230,6 +231,32 @@ def test_orphans_of_docker_exec_are_reaped_and_docker_top_hides_zombies(docker):
     assert docker.exit_code(name) == 143
 
 
+def test_what_docker_exec_leaves_behind_is_stopped_with_the_container(docker):
+    """A process started with `docker exec -d` (kubectl exec alike) and its escaped daemon.
+
+    Neither is reaper's descendant (the exec'd process's parent is the
+    runtime's shim, outside the namespace).  With the process-tree
+    containment (no writable cgroup: this hybrid host) reaper as PID 1 sweeps
+    the whole pid namespace, so both get TERM and the grace; with a cgroup
+    they are outside the job's cgroup and die with the namespace when reaper
+    exits.  Either way nothing is left and the status is the job's.
+    """
+    name, out = docker.start(cmd=JOB)
+    out.until("ready")
+    info = json.loads(docker("exec", name, REAPER, "doctor", "--json")[1])
+    # The exec'd job writes to the container's log through PID 1's stdout.
+    docker("exec", "-d", name, "sh", "-c",
+           "exec python3 /jobs/job.py --trap-term 0 --daemons 1 >/proc/1/fd/1 2>&1")
+    [daemon] = daemons_ready(out, 1)
+    took = docker.stop(name, STOP_TIMEOUT_S)
+    lines = out.rest()
+    assert docker.exit_code(name) == 143, lines
+    assert took < STOP_TIMEOUT_S - 0.5, f"stop took {took:.2f}s"
+    if info["auto_containment"] == "pgroup":
+        assert got_term(lines, f"daemon {daemon}"), lines
+        assert sum(bool(re.match(r"main \d+ got TERM$", x)) for x in lines) == 1, lines
+
+
 # -- --init: tini as PID 1, reaper below it -----------------------------------
 
 def test_under_init_reaper_still_collects_everything(docker):
@@ -332,3 +359,49 @@ def name_in(path, rt, name):
 def test_the_lane_image_carries_no_compiler(docker):
     code, output = docker.run(cmd=["-c", "command -v gcc cc || echo none"], entrypoint="sh")
     assert output.strip() == "none", output
+
+
+# -- examples/kubernetes/pod.yaml ---------------------------------------------------
+
+POD_YAML = os.path.join(os.path.dirname(os.path.dirname(HERE)), "examples", "kubernetes", "pod.yaml")
+
+
+def load_yaml(path):
+    """PyYAML from this interpreter, or from Debian's python3 (python3-yaml); None if neither has it."""
+    try:
+        import yaml
+    except ImportError:
+        for python in ("/usr/bin/python3", "python3"):
+            try:
+                proc = subprocess.run([python, "-c", "import json, sys, yaml; "
+                                       "print(json.dumps(yaml.safe_load(open(sys.argv[1]))))", path],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
+            except FileNotFoundError:
+                continue
+            if proc.returncode == 0:
+                return json.loads(proc.stdout)
+        return None
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def test_the_kubernetes_pod_runs_as_written(docker):
+    """The manifest parses; its grace fits terminationGracePeriodSeconds; its container
+    (command, args, read-only root) runs in the lane's image and stops with TERM."""
+    pod = load_yaml(POD_YAML)
+    if pod is None:
+        pytest.skip("no PyYAML to parse examples/kubernetes/pod.yaml (apt-get install python3-yaml)")
+    assert pod["apiVersion"] == "v1" and pod["kind"] == "Pod"
+    spec = pod["spec"]
+    [app] = spec["containers"]
+    command, args = app["command"], app["args"]
+    assert command[:2] == [REAPER, "exec"] and command[-1] == "--", command
+    grace = command[command.index("--grace") + 1]
+    assert grace.endswith("s") and float(grace[:-1]) < spec["terminationGracePeriodSeconds"], grace
+    opts = ["--read-only"] if app["securityContext"]["readOnlyRootFilesystem"] else []
+    name, out = docker.start(*opts, cmd=command[1:] + args, entrypoint=command[0])
+    out.until("serving")
+    took = docker.stop(name, spec["terminationGracePeriodSeconds"])
+    out.rest()
+    assert docker.exit_code(name) == 143
+    assert took < 5, f"stop took {took:.2f}s"
