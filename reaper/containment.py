@@ -56,7 +56,7 @@ class CgroupContainment:
         """Live children of reaper that are not in the job cgroup."""
         from reaper import tree
         members = set(self.job.pids())
-        return [pid for pid in tree.children(os.getpid())
+        return [pid for pid in tree.own_children()
                 if pid not in members and not self._inside(pid) and _alive(pid)
                 and not (new_only and pid in self.reached)]
 

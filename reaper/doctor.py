@@ -269,6 +269,11 @@ def collect():
         "cgroup_controllers": _controllers(parent),
     })
 
+    from reaper import tree
+    info["proc_usable"] = tree.proc_usable()
+    # Without --pidns the job shares reaper's pid namespace: it can SIGSTOP or
+    # SIGKILL its supervisor (same user), which no containment prevents.
+    info["job_sees_reaper"] = not info["pid1"]
     info["subreaper"], info["subreaper_detail"] = _subreaper()
     info["pidfd"], info["pidfd_detail"] = _pidfd()
     info.update(_namespaces(euid))
@@ -282,8 +287,13 @@ def collect():
             stop = "freeze, signal, thaw"
         info.update({"auto_containment": "cgroup", "auto_problem": None, "stop_method": stop,
                      "auto_reason": f"{parent} is writable; stop by {stop}"})
+    elif not info["proc_usable"] and not info["pid1"]:
+        info.update({"auto_containment": "none", "auto_problem": problem, "stop_method": None,
+                     "auto_reason": f"exec refuses without --pidns: {problem}, and /proc does not show "
+                                    f"this pid namespace"})
     else:
-        info.update({"auto_containment": "pgroup", "auto_problem": problem, "stop_method": "process tree sweep",
+        info.update({"auto_containment": "pgroup", "auto_problem": problem,
+                     "stop_method": "kill(-1)" if info["pid1"] else "pinned process tree sweep",
                      "auto_reason": f"subreaper + process group, because {problem}"})
     return info
 
@@ -329,6 +339,10 @@ def render(info):
         ("pidfd", f"{_yes(info['pidfd'])} ({info['pidfd_detail']})"),
         ("user namespaces", f"{_yes(info['user_namespaces'])} ({info['user_namespaces_detail']})"),
         ("pid namespaces", f"{_yes(info['pid_namespaces'])} ({info['pid_namespaces_detail']})"),
+        ("/proc", "shows this pid namespace" if info["proc_usable"]
+         else "does not show this pid namespace (the process-tree fallback cannot be used)"),
+        ("job sees reaper", "yes: a job can stop or kill its supervisor; --pidns hides reaper from it"
+         if info["job_sees_reaper"] else "no: reaper is PID 1"),
         ("auto containment", f"{info['auto_containment']} ({info['auto_reason']})"),
     ]
     width = max(len(key) for key, _ in rows) + 1

@@ -21,8 +21,9 @@ forwards the same set), except the faults the kernel raises for reaper's own
 bugs (SEGV, BUS, FPE, ILL, TRAP, SYS) and those its own I/O and CPU use raise
 (PIPE, XFSZ, XCPU: ignored).  TERM, INT and QUIT stop the job; the others are
 forwarded to the job's process group (its whole tree once the main process is
-gone); away from a terminal the job-control stops are forwarded too, so
-`kill -TSTP reaper` stops the job, not its supervisor.
+gone).  Away from a terminal, TSTP/TTIN/TTOU suspend every process of the job
+and CONT resumes them all, so `kill -TSTP reaper` stops the job, not its
+supervisor.
 
 The stop, like systemd's KillMode=control-group: the signal that started it
 (the one reaper received; --stop-signal on --timeout or when the main process
@@ -251,6 +252,8 @@ class Supervisor:
             self.log(f"received signal {sig}")
             if sig in STOPPING_SIGNALS:
                 self._event(STOP_REQUEST, sig)
+            elif sig in JOB_CONTROL_STOPS or sig == _signal.SIGCONT:
+                self._suspend_or_resume(sig)
             else:
                 self._forward(sig)
 
@@ -335,6 +338,20 @@ class Supervisor:
         except ProcessLookupError:
             pass
         return True
+
+    def _suspend_or_resume(self, sig):
+        """Away from a terminal: TSTP, TTIN, TTOU suspend the whole job, CONT resumes it.
+
+        The job has a session of its own whose group is orphaned, and the
+        kernel discards job-control stops sent to an orphaned group (POSIX,
+        "orphaned process group"), so forwarding them would do nothing: they
+        become SIGSTOP for every process instead.  At a terminal reaper does not
+        catch them (reaper.terminal handles job control there).
+        """
+        what = _signal.SIGCONT if sig == _signal.SIGCONT else _signal.SIGSTOP
+        self.log(f"{'resuming' if what == _signal.SIGCONT else 'suspending'} the job (signal {sig})")
+        self._killpg(what)
+        self.containment.signal_all(what)
 
     def _forward(self, sig):
         if not self._killpg(sig):

@@ -76,6 +76,13 @@ def children(pid, threads=(None,)):
     return found
 
 
+def own_children():
+    """Children of this process (every thread's); pinned while reaper does not reap."""
+    me = os.getpid()
+    st = _stat(me)
+    return children(me, _threads(me, st[1] if st else 1))
+
+
 def _threads(pid, count):
     if count <= 1:
         return (None,)
@@ -151,9 +158,7 @@ class Sweep:
         self.found = {}
 
     def _root_pids(self):
-        if self.roots is not None:
-            return self.roots
-        return children(self.me, _threads(self.me, _stat(self.me)[1]))
+        return own_children() if self.roots is None else self.roots
 
     def collect(self, first_signal):
         """Walk the tree, sending `first_signal` to each process as it is pinned."""
