@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import Lines, describe, helper
+from conftest import Lines, describe, helper, require
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -306,6 +306,7 @@ def test_recycled_main_pid_does_not_overwrite_the_exit_status(sandbox, mode):
 # -- 7: the fallback only signals what it pinned ---------------------------------------
 
 def test_fallback_refuses_a_proc_of_another_pid_namespace(sandbox):
+    require("unshare", "--pid", "--fork", "true")     # before the victims exist
     # unshare --pid without --mount-proc: /proc still shows the host's pids.
     victims = [sandbox.spawn(["sleep", "1000"]) for _ in range(5)]
     argv = ["unshare", "--pid", "--fork", "sh", "-c", '"$@"; echo "status $?"', "sh",
