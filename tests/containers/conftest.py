@@ -6,9 +6,14 @@ examples/Dockerfile, and passes what it made through the environment:
   REAPER_LANE_DOCKER_HOST   unix socket of the lane's dockerd (required)
   REAPER_LANE_DOCKER        the docker client to use (default: docker)
   REAPER_LANE_IMAGE         the image with reaper as its entrypoint
-  REAPER_LANE_PODMAN        1 when podman is configured (CONTAINERS_CONF, ...);
-                            otherwise REAPER_LANE_PODMAN_WHY says why not
-  REAPER_LANE_ARTIFACTS     a directory for output worth keeping (doctor)
+  REAPER_LANE_CGROUP_PARENT the lane's cgroup, where containers go (podman
+                            gets it as --cgroup-parent; dockerd has it already)
+  REAPER_LANE_PODMAN        1 when podman is configured (CONTAINERS_CONF, ...),
+                            REAPER_LANE_PODMAN_IMAGE its image; otherwise
+                            REAPER_LANE_PODMAN_WHY says why not
+  REAPER_LANE_ARTIFACTS     a directory for output worth keeping (doctor's
+                            output, every stop's time and status), printed at
+                            the end of the lane
 Elsewhere every test here skips with that reason.
 """
 
@@ -26,7 +31,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if str(item.fspath).startswith(HERE + os.sep):
             item.add_marker(skip)
-
 
 
 @pytest.fixture

@@ -20,6 +20,15 @@ REAPER = "/opt/reaper-venv/bin/reaper"
 JOB = ["python3", "/jobs/job.py"]
 
 
+def record(filename, line):
+    """Append a measurement to the lane's artifacts (printed at the end of the lane)."""
+    path = os.environ.get("REAPER_LANE_ARTIFACTS")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, filename), "a") as f:
+            f.write(line + "\n")
+
+
 class Stream:
     """Lines of a child's stdout, each wait bounded in select(), never sleeping."""
 
@@ -123,10 +132,13 @@ class Runtime:
         return int(self("inspect", "--format", "{{.State.ExitCode}}", name)[1].strip())
 
     def stop(self, name, timeout_s):
-        """`stop -t timeout_s`; returns the seconds it took."""
+        """`stop -t timeout_s`; returns the seconds it took (also noted in the lane's artifacts)."""
         t0 = time.monotonic()
         self("stop", "-t", str(timeout_s), name, timeout=timeout_s + 30)
-        return time.monotonic() - t0
+        took = time.monotonic() - t0
+        record("stops.txt", f"{self.name} stop -t {timeout_s}: {took:5.2f} s, status {self.exit_code(name)}"
+                            f"  {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}")
+        return took
 
     def cleanup(self):
         now = ["-t", "0"] if self.name == "podman" else []     # podman's rm -f waits 10 s

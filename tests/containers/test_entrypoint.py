@@ -138,15 +138,15 @@ def test_stop_right_after_start_ends_the_job_not_the_runtime(docker):
     Whatever happens, the container ends and nothing of it is left (the
     runtime's SIGKILL takes the pid namespace); teardown removes it.
     """
+    outcomes = []
     for _ in range(2):
         name = docker.name_new()
         docker(*docker.command(name, ["-d"], [*JOB, "--daemons", "1"]))
         took = docker.stop(name, 2)
-        code = docker.exit_code(name)
-        logs = docker("logs", name)
         assert docker("inspect", "--format", "{{.State.Running}}", name)[1].strip() == "false"
-        assert code != 137, f"TERM right after start was lost: status 137 after {took:.2f}s; logs: {logs[1:]}"
-        assert code == 143, (code, logs[1:])
+        outcomes.append((docker.exit_code(name), took, docker("logs", name)[1]))
+    assert [code for code, _, _ in outcomes] == [143, 143], (
+        f"TERM right after start was lost (137: the runtime's SIGKILL): {outcomes}")
 
 
 def test_read_only_root_filesystem(runtime):
@@ -220,6 +220,9 @@ def test_orphans_of_docker_exec_are_reaped_and_docker_top_hides_zombies(docker):
     out.until("ready")
     orphans = make_orphans(docker, bare, 3)
     assert sorted(zombies(docker, bare)) == sorted(orphans)
+    # The README's way of finding them:
+    listed = docker("exec", bare, "sh", "-c", "grep -l '^State:.Z' /proc/[0-9]*/status", check=False)[1]
+    assert sorted(line.split("/")[2] for line in listed.split()) == sorted(orphans), listed
     top = docker("top", bare, "-o", "pid,stat,comm")[1]
     assert " Z" not in top and "defunct" not in top, f"docker top listed a zombie:\n{top}"
 
@@ -387,7 +390,7 @@ def load_yaml(path):
 
 def test_the_kubernetes_pod_runs_as_written(docker):
     """The manifest parses; its grace fits terminationGracePeriodSeconds; its container
-    (command, args, read-only root) runs in the lane's image and stops with TERM."""
+    (command, args, security context, memory limit) runs in the lane's image and stops with TERM."""
     pod = load_yaml(POD_YAML)
     if pod is None:
         pytest.skip("no PyYAML to parse examples/kubernetes/pod.yaml (apt-get install python3-yaml)")
@@ -398,7 +401,15 @@ def test_the_kubernetes_pod_runs_as_written(docker):
     assert command[:2] == [REAPER, "exec"] and command[-1] == "--", command
     grace = command[command.index("--grace") + 1]
     assert grace.endswith("s") and float(grace[:-1]) < spec["terminationGracePeriodSeconds"], grace
-    opts = ["--read-only"] if app["securityContext"]["readOnlyRootFilesystem"] else []
+    security, limits = app.get("securityContext", {}), app.get("resources", {}).get("limits", {})
+    opts = []
+    if security.get("readOnlyRootFilesystem"):
+        opts.append("--read-only")
+    if security.get("allowPrivilegeEscalation") is False:
+        opts += ["--security-opt", "no-new-privileges"]
+    if "memory" in limits:
+        assert limits["memory"].endswith("Mi"), limits
+        opts += ["--memory", limits["memory"][:-2] + "m"]
     name, out = docker.start(*opts, cmd=command[1:] + args, entrypoint=command[0])
     out.until("serving")
     took = docker.stop(name, spec["terminationGracePeriodSeconds"])
