@@ -16,7 +16,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANE = os.path.join(ROOT, "lanes", "containers", "run")
-BOUND_S = 420       # cold: root filesystem, image build, tests (~4 min measured)
+# The lane's own bound.  Measured: ~1 min warm, ~1.7 min after a change to
+# reaper/ (image rebuilt), ~3.5 min cold at normal load; 7 min and more cold
+# when other work loads the 2 cores (debootstrap alone took 4 min at load 100).
+BOUND_S = 600
 
 
 def why_not():

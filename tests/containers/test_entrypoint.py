@@ -55,7 +55,7 @@ def test_stop_gives_every_process_term_and_returns_the_jobs_status(runtime):
         assert got_term(lines, f"daemon {pid}"), f"escaped daemon {pid} got no TERM: {lines}"
         assert f"daemon {pid} exits" in lines, lines
     assert runtime.exit_code(name) == 143
-    assert took < STOP_TIMEOUT_S / 2, f"stop took {took:.2f}s"
+    assert took < STOP_TIMEOUT_S - 0.5, f"stop took {took:.2f}s"     # 0.2-0.3 s measured
 
 
 # Each case waits out reaper's whole grace (8 s as PID 1), so they run at once.
@@ -104,7 +104,7 @@ def test_stop_kills_a_term_ignoring_daemon_before_the_runtime_does(ladder, rt_na
     # 137 would mean the runtime's SIGKILL hit reaper before its own ladder ended.
     assert case["status"] == 143, lines
     # The daemon had the whole grace; reaper's SIGKILL came before the runtime's.
-    assert 7.0 < case["took"] < min(timeout_s, 9.9), f"stop took {case['took']:.2f}s"
+    assert 7.0 < case["took"] < timeout_s, f"stop took {case['took']:.2f}s"
 
 
 def test_stop_returns_the_status_of_a_job_that_traps_term(runtime):
@@ -188,7 +188,7 @@ def test_timeout_stops_the_whole_job_with_124(docker):
     took = time.monotonic() - t0
     assert code == 124, output
     assert output.count("got TERM") == 2, output      # both daemons; main dies of it silently
-    assert 1 <= took < STOP_TIMEOUT_S, f"took {took:.2f}s"
+    assert 1 <= took < 20, f"took {took:.2f}s"       # run + 1 s + the stop
 
 
 # -- zombies of docker exec ---------------------------------------------------
@@ -415,4 +415,4 @@ def test_the_kubernetes_pod_runs_as_written(docker):
     took = docker.stop(name, spec["terminationGracePeriodSeconds"])
     out.rest()
     assert docker.exit_code(name) == 143
-    assert took < 5, f"stop took {took:.2f}s"
+    assert took < 10, f"stop took {took:.2f}s"      # well below --grace 20s: the job exits on TERM
