@@ -103,8 +103,10 @@ def test_stop_kills_a_term_ignoring_daemon_before_the_runtime_does(ladder, rt_na
     assert any(line.startswith("reaper: killing") for line in lines), lines
     # 137 would mean the runtime's SIGKILL hit reaper before its own ladder ended.
     assert case["status"] == 143, lines
-    # The daemon had the whole grace; reaper's SIGKILL came before the runtime's.
-    assert 7.0 < case["took"] < timeout_s, f"stop took {case['took']:.2f}s"
+    # The daemon had the whole grace.  The status, not the time, says whose
+    # SIGKILL came first: at load 300 `docker stop -t 10` returned after
+    # 10.05 s with 143 (reaper had exited; the runtime saw it late).
+    assert 7.0 < case["took"] < timeout_s + 5, f"stop took {case['took']:.2f}s"
 
 
 def test_stop_returns_the_status_of_a_job_that_traps_term(runtime):
