@@ -1,6 +1,6 @@
 """Driving a container runtime's CLI from the host, and reading a container's output.
 
-Shared by the container tests (see conftest.py for where they run).  Each
+Shared by the container tests (test_container_entrypoint.py says where they run).  Each
 Runtime remembers the containers a test made and removes them (`rm -f`)
 at the end, whatever happened.  Waiting is on events: the ready lines a job
 prints, read from an attached `run` stream with a bounded select().
