@@ -464,3 +464,12 @@ def test_the_kubernetes_pod_runs_as_written(docker):
     out.rest()
     assert docker.exit_code(name) == 143
     assert took < 10, f"stop took {took:.2f}s"      # well below --grace 20s: the job exits on TERM
+
+
+def test_the_images_default_command_runs_and_collects_its_daemon(docker):
+    """examples/Dockerfile's own CMD: a shell that leaves `sleep 1000` behind and exits 0."""
+    t0 = time.monotonic()
+    code, output = docker.run(cmd=[])
+    assert code == 0, output
+    assert "a daemon escaped; reaper will collect it" in output, output
+    assert time.monotonic() - t0 < 20, "the escaped sleep was not stopped at once"
