@@ -4,7 +4,7 @@ The lane builds or reuses its cached machine, boots it under QEMU, runs the
 suite inside and exits with the suite's status; this test only runs it and
 shows the end of its output when it fails. Its bound covers the lane's own:
 an image built from nothing (up to 900 s) plus the VM's run (LANE_VM_TIMEOUT,
-480 s by default), so a hung lane is ended by the lane itself, which cleans
+720 s by default), so a hung lane is ended by the lane itself, which cleans
 up, before pytest-timeout would strike.
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANE = os.path.join(ROOT, "lanes", "vm", "run")
-BOUND_S = 900 + int(os.environ.get("LANE_VM_TIMEOUT", "480")) + 60
+BOUND_S = 900 + int(os.environ.get("LANE_VM_TIMEOUT", "720")) + 60
 
 pytestmark = [
     pytest.mark.lane,
