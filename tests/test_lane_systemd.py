@@ -37,6 +37,6 @@ def test_systemd_lane():
     # up on its way out; this bound only backs that up.
     proc = subprocess.run([LANE], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, timeout=BOUND + 150)
-    out = proc.stdout.decode(errors="replace").splitlines()
-    tail = "\n".join(out[-80:])
-    assert proc.returncode == 0, f"lanes/systemd/run exited {proc.returncode}; its last lines:\n{tail}"
+    code = proc.returncode
+    tail = "\n".join(proc.stdout.decode(errors="replace").splitlines()[-80:])
+    assert code == 0, f"lanes/systemd/run exited {code}; its last lines:\n{tail}"
