@@ -16,6 +16,7 @@ session sweeps /proc for it at the end as a second net.
 Waiting is on events: ready lines over pipes, process exit, cgroup.events.
 """
 
+import functools
 import os
 import select
 import shutil
@@ -36,6 +37,34 @@ MARKER = uuid.uuid4().hex[:12]
 
 sys.path.insert(0, ROOT)
 from reaper import cgroup  # noqa: E402
+
+# The jobs `watch top` and tmux need a terminal type, and the caller may give
+# none (`systemd-run --pipe`, ssh without a pty) or one without terminfo here.
+# No child draws on the caller's terminal, so every child gets the same one.
+os.environ["TERM"] = "xterm"
+
+
+@functools.lru_cache(maxsize=None)
+def _refusal(argv):
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    if proc.returncode == 0:
+        return None
+    return (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+
+
+def require(*argv):
+    """Skip the test unless the probe `argv` (e.g. `unshare --mount true`) succeeds here.
+
+    Namespaces are refused in places: a chroot refuses `unshare --mount` when /
+    is not a mount point, and user namespaces; an unprivileged user gets no
+    mount or pid namespace; only root can drop to nobody.  Probed once per session.
+    """
+    why = _refusal(tuple(argv))
+    if why is not None:
+        pytest.skip(f"this machine refuses `{' '.join(argv)}`: {why}")
 
 
 def _cg_write(path, data):
@@ -324,6 +353,7 @@ def world():
     under /opt links to) is world-usable.  Returns the directory; its
     `reaper/` goes on PYTHONPATH and its `helpers/` holds the test jobs.
     """
+    require(*NOBODY, "true")
     if not usable_by_others(sys.executable):
         pytest.skip(f"{sys.executable} is not usable by other users (install with scripts/install.sh)")
     base = tempfile.mkdtemp(prefix=f"reaper-world-{MARKER}-")

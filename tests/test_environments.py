@@ -15,7 +15,7 @@ import sys
 import psutil
 import pytest
 
-from conftest import NOBODY, Lines, cg_wait_empty, helper
+from conftest import NOBODY, Lines, cg_wait_empty, helper, require
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,6 +27,7 @@ def cgroup_mount():
 def container(*argv, read_only_cgroup=False):
     """argv run as PID 1 of a new pid namespace (and mount namespace)."""
     prefix = ["unshare", "--pid", "--fork", "--mount-proc", "--propagation", "private"]
+    require(*prefix, "true")
     if not read_only_cgroup:
         return prefix + list(argv)
     script = f'mount -o remount,bind,ro "{cgroup_mount()}" && exec "$@"'
@@ -165,16 +166,8 @@ def test_nobody_with_a_delegated_cgroup_uses_it(sandbox, world):
     assert not [d for d in os.listdir(sandbox.path) if os.path.isdir(os.path.join(sandbox.path, d))]
 
 
-def userns_allowed():
-    try:
-        with open("/proc/sys/user/max_user_namespaces") as f:
-            return int(f.read()) > 0
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not userns_allowed(), reason="user namespaces are disabled")
 def test_nobody_pidns_uses_a_user_namespace(sandbox, world):
+    require(*NOBODY, "unshare", "--user", "--map-root-user", "--pid", "--fork", "true")
     code, out, err = run_as_nobody(sandbox, world, "exec", "--pidns", "--", "sh", "-c", "echo $$")
     assert code == 0, err
     assert out.strip() == b"2"     # PID 1 is reaper's init, the command comes next

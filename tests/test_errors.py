@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import Lines, helper
+from conftest import Lines, helper, require
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,6 +81,7 @@ def test_too_few_file_descriptors_is_a_clean_125(sandbox, fds):
 
 
 def test_unreadable_mountinfo_is_a_clean_125(sandbox):
+    require("unshare", "--mount", "--propagation", "private", "true")
     script = 'mount -t tmpfs none /proc && exec "$@"'
     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
             sys.executable, "-m", "reaper", "exec", "--", "true"]

@@ -1,0 +1,34 @@
+"""The VM lane (lanes/vm/run) as one test: the suite on pure cgroup v2 with controllers.
+
+The lane builds or reuses its cached machine, boots it under QEMU, runs the
+suite inside and exits with the suite's status; this test only runs it and
+shows the end of its output when it fails. Its bound covers the lane's own:
+an image built from nothing (up to 900 s) plus the VM's run (LANE_VM_TIMEOUT,
+720 s by default), so a hung lane is ended by the lane itself, which cleans
+up, before pytest-timeout would strike.
+"""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LANE = os.path.join(ROOT, "lanes", "vm", "run")
+BOUND_S = 900 + int(os.environ.get("LANE_VM_TIMEOUT", "720")) + 60
+
+pytestmark = [
+    pytest.mark.lane,
+    pytest.mark.timeout(BOUND_S + 60),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the VM lane needs root (debootstrap, its own cgroup)"),
+    pytest.mark.skipif(shutil.which("apt-get") is None, reason="the VM lane installs its tools with apt-get"),
+]
+
+
+def test_suite_passes_in_a_vm_with_pure_cgroup_v2_and_controllers():
+    proc = subprocess.run(["bash", LANE], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=BOUND_S, env=dict(os.environ, CHECKOUT=ROOT))
+    out = proc.stdout.decode(errors="replace")
+    tail = "\n".join(out.splitlines()[-80:])
+    assert proc.returncode == 0, f"lanes/vm/run exited {proc.returncode}; the end of its output:\n{tail}"
