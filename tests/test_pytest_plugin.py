@@ -59,7 +59,18 @@ def test_z_leaves_an_api_job_running():
 '''
 
 
+def _entry_point_installed():
+    """Is the pytest11 entry point visible already (an installed process-reaper, or the
+    egg-info an in-tree `pip install .` leaves in the checkout)?  pytest then loads it by
+    itself, and naming it again with -p would register it twice."""
+    from importlib.metadata import entry_points
+    return any(ep.value == "reaper.pytest_entry" for ep in entry_points(group="pytest11"))
+
+
 def run_inner(sandbox, *args, env_extra=None):
+    if _entry_point_installed():
+        args = [a for i, a in enumerate(args) if not (a == "-p" and args[i + 1:i + 2] == ("reaper.pytest_entry",))
+                and not (a == "reaper.pytest_entry" and args[i - 1] == "-p")]
     test_file = sandbox.tmp / "test_inner.py"
     test_file.write_text(INNER)
     env = dict(sandbox.env, **(env_extra or {}))
