@@ -234,8 +234,8 @@ def _exec_registered(opts, argv, log, hooks, containment, Supervisor, control):
         relay = Relay.setup(log or (lambda msg: None), opts["notify_ready"])
     sup = Supervisor(argv, holder, grace_s=opts["grace"], timeout_s=opts["timeout"],
                      stop_signal=opts["stop_signal"], wait_all=opts["wait_all"], log=log,
-                     before_exec=before_exec, hooks=hooks, control=control,
-                     watchers=[relay] if relay else ())
+                     before_exec=before_exec,
+                     watchers=[w for w in (hooks, control, relay) if w is not None])
     try:
         return sup, sup.run()
     finally:

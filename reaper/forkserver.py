@@ -83,7 +83,8 @@ class Control:
                  "containment": sup.containment.name, "pidns": sup.before_exec is not None,
                  "cgroup": job.path if job is not None else None,
                  "cgroup_ino": os.fstat(job.lock_fd).st_ino if job is not None else None,
-                 "name": getattr(getattr(sup, "hooks", None), "name", None), "started": time.time()}
+                 "name": next((w.name for w in sup.watchers if hasattr(w, "registration")), None),
+                 "started": time.time()}
         try:
             with open(f"/proc/{sup.pid}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
@@ -93,7 +94,11 @@ class Control:
         _send(self.fd, event)
         self._process(sup)      # requests that arrived with the job's description
 
-    def readable(self, sup):
+    @property
+    def fds(self):
+        return (self.fd,)
+
+    def on_readable(self, sup, fd):
         """Handle what the caller sent; False once the caller has gone (EOF)."""
         try:
             data = os.read(self.fd, 65536)

@@ -3,7 +3,7 @@
 The supervisor (reaper.supervisor) knows nothing of the registry or of stats;
 it calls these hooks at four points of its life:
 - started(sup): the job's first process has exec'ed -> publish the registry entry;
-- on_fd(sup, fd): the control socket is readable -> sup.request_stop(...);
+- on_readable(sup, fd): the control socket is readable -> sup.request_stop(...);
 - stopping(sup, why): the stop ladder begins (first call only counts what is left);
 - collected(sup): nothing of the job is left, the cgroup still exists -> final accounting.
 The CLI calls close() after the supervisor returned, and report(code) for --stats.
@@ -124,7 +124,7 @@ class ExecHooks:
             return
         self.log(f"registered as {reg.name!r} in {reg.path}")
 
-    def on_fd(self, sup, fd):
+    def on_readable(self, sup, fd):
         for sig, grace_s, pid, uid in self.listener.receive():
             sup.request_stop(sig, grace_s, f"`reaper kill` from pid {pid} (uid {uid})")
 

@@ -109,12 +109,16 @@ class Relay:
         except OSError as e:
             self.log(f"notify: cannot send to {self.target.lstrip(chr(0))}: {e.strerror}")
 
-    def started(self, pid):
+    @property
+    def fds(self):
+        return (self.fd,)
+
+    def started(self, sup):
         if self.ready_on_start:
-            self.log(f"notify: READY=1 (--notify-ready, pid {pid} started)")
+            self.log(f"notify: READY=1 (--notify-ready, pid {sup.pid} started)")
             self.send(b"READY=1")
 
-    def on_readable(self):
+    def on_readable(self, sup=None, fd=None):
         """Forward every datagram waiting on the socket; never blocks."""
         cmsg_space = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4 * 253)
         while True:

@@ -73,9 +73,8 @@ def _ignore(signum, frame):
 class Supervisor:
     def __init__(self, argv, containment, grace_s=10.0, timeout_s=None,
                  stop_signal=_signal.SIGTERM, wait_all=False, log=None,
-                 before_exec=None, hooks=None, control=None, watchers=()):
+                 before_exec=None, watchers=()):
         self.argv = argv
-        self.hooks = hooks      # reaper.jobhooks: registry, `reaper kill`, accounting
         self.containment = containment
         self.grace_s = grace_s
         self.timeout_s = timeout_s
@@ -83,9 +82,12 @@ class Supervisor:
         self.wait_all = wait_all
         self.log = log or (lambda msg: None)
         self.before_exec = before_exec
-        # Extra descriptors for the poll loop (reaper.notify): each has .fd,
-        # .on_readable() and .started(pid).
-        self.watchers = {w.fd: w for w in watchers}
+        # What else follows the job (reaper.jobhooks: registry, `reaper kill`,
+        # accounting; reaper.notify: sd_notify relay; reaper.forkserver: the
+        # Python caller's channel).  Each has `fds` for the poll loop,
+        # on_readable(sup, fd) (False: stop watching that fd), and may have
+        # started(sup), stopping(sup, why) and collected(sup).
+        self.watchers = list(watchers)
         self.pid1 = os.getpid() == 1
         self.state = RUNNING
         self.pid = None             # the main process, until it is reaped
@@ -98,7 +100,6 @@ class Supervisor:
         self.kill_at = None
         self.timeout_at = None
         self.terminal = None
-        self.control = control      # reaper.forkserver's channel to a Python caller, or None
         self.transitions = {RUNNING: self._running, DRAINING: self._draining,
                             STOPPING: self._stopping, KILLING: self._killing}
 
@@ -153,12 +154,7 @@ class Supervisor:
         )
         self.pgid = self.pid
         self.log(f"started pid {self.pid}: {' '.join(self.argv)}")
-        if self.hooks:
-            self.hooks.started(self)
-        if self.control is not None:
-            self.control.started(self)
-        for watcher in self.watchers.values():
-            watcher.started(self.pid)
+        self._tell("started")
         if self.timeout_s is not None:
             self.timeout_at = time.monotonic() + self.timeout_s
 
@@ -176,8 +172,8 @@ class Supervisor:
         finally:
             if self.terminal is not None and self.pgid is not None:
                 self.terminal.restore(self.pgid)
-            if self.hooks and self.pgid is not None:
-                self.hooks.collected(self)      # before the cgroup (and its counters) goes
+            if self.pgid is not None:
+                self._tell("collected")         # before the cgroup (and its counters) goes
             self.containment.close()
         if self.timed_out:
             return EXIT_TIMEOUT
@@ -189,10 +185,8 @@ class Supervisor:
         poller.register(self.wake_r, select.POLLIN)
         if self.containment.events_fd is not None:
             poller.register(self.containment.events_fd, select.POLLPRI)
-        if self.control is not None:
-            poller.register(self.control.fd, select.POLLIN)
-        hook_fds = self.hooks.fds if self.hooks else ()
-        for fd in (*hook_fds, *self.watchers):
+        owners = {fd: w for w in self.watchers for fd in w.fds}
+        for fd in owners:
             poller.register(fd, select.POLLIN)
         while True:
             self._reap()
@@ -205,13 +199,8 @@ class Supervisor:
             for fd, _ in poller.poll(self._poll_timeout_ms()):
                 if fd == self.containment.events_fd:
                     self.containment.empty()    # reading cgroup.events re-arms POLLPRI
-                elif fd in hook_fds:
-                    self.hooks.on_fd(self, fd)
-                elif self.control is not None and fd == self.control.fd:
-                    if not self.control.readable(self):
-                        poller.unregister(fd)       # the caller is gone: EOF stays readable
-                elif fd in self.watchers:
-                    self.watchers[fd].on_readable()
+                elif fd in owners and owners[fd].on_readable(self, fd) is False:
+                    poller.unregister(fd)       # e.g. EOF, which would stay readable
             self._drain_signals()
 
     def _poll_timeout_ms(self):
@@ -234,6 +223,12 @@ class Supervisor:
         return self._job_empty()
 
     # -- events ---------------------------------------------------------
+
+    def _tell(self, what, *args):
+        for watcher in self.watchers:
+            method = getattr(watcher, what, None)
+            if method is not None:
+                method(self, *args)
 
     def _event(self, event, sig=None):
         self.transitions[self.state](event, sig)
@@ -359,8 +354,7 @@ class Supervisor:
     def _stop(self, sig, why):
         self.log(f"stopping: {why}; signal {sig} to every process of the job, "
                  f"SIGKILL after {self.grace_s:g}s")
-        if self.hooks:
-            self.hooks.stopping(self, why)
+        self._tell("stopping", why)
         self.state = STOPPING
         self.stopped_by = sig
         self.containment.signal_all(sig)
@@ -368,8 +362,7 @@ class Supervisor:
 
     def _kill(self, why):
         self.log(f"killing: {why}")
-        if self.hooks:
-            self.hooks.stopping(self, why)
+        self._tell("stopping", why)
         self.state = KILLING
         self.kill_at = None
         self._killpg(SIGKILL)
