@@ -6,11 +6,16 @@ that `reaper exec` loads only what it uses:
 - cli: argument parsing, the single place that maps errors to exit codes
 - containment: picks cgroup or process-tree containment and says why
 - cgroup: cgroup v2 discovery, the job's cgroup, cgroup.kill / freeze
-- tree: the fallback (subreaper + stop-the-tree sweep, via psutil)
-- spawn: fork, join the cgroup, set up the session, exec
+- tree: the fallback (subreaper + a stop-the-tree sweep that pins every pid)
+- spawn: fork or clone3 into the cgroup (reaper._linux, C), set up the session, exec
 - supervisor: the event loop, reaping, signal forwarding, the stop ladder
 - terminal: foreground process group and job control
+- early: stop signals that reach PID 1 before the supervisor is ready
 - pidns: --pidns, a pid namespace whose init dies with reaper
+- delegation, systemd: is reaper's cgroup delegated; transient scopes over D-Bus
+- notify: the sd_notify relay for Type=notify units
+- registry, control, jobhooks, commands_jobs, inspect, stats, limits: named
+  jobs, `reaper kill/ls/ps/ports/stats`, accounting and limits
 - doctor: what this machine offers, for humans and for --json
 - api, aio, forkserver: the Python API (run, Job, arun, AsyncJob) and its supervisors
 - pytest: the pytest plugin (`pytest -p reaper.pytest`)

@@ -129,10 +129,11 @@ class Supervisor:
             _signal.signal(sig, _ignore)
         for sig in OWN_RESOURCE_SIGNALS:
             _signal.signal(sig, _signal.SIG_IGN)
-        from reaper import early
-        if early.caught:        # PID 1: signals caught before we were ready
-            os.write(self.wake_w, bytes(early.caught))
-            early.caught.clear()
+        if self.pid1:
+            from reaper import early
+            if early.caught:    # signals reaper.cli caught before we were ready
+                os.write(self.wake_w, bytes(early.caught))
+                early.caught.clear()
         self.reset_in_child = handled + [SIGCHLD] + list(OWN_RESOURCE_SIGNALS)
         if self.pid1:
             for sig in JOB_CONTROL_STOPS:
