@@ -40,6 +40,7 @@ import os
 import select
 import time
 
+from reaper import procfs
 from reaper.errors import ReaperError
 
 JOB_PREFIX = "reaper."
@@ -104,22 +105,12 @@ def dir_of(mount, mount_root, rel):
     return path if os.path.isdir(path) else None
 
 
-def _starttime(pid):
-    """Start time of `pid` in clock ticks since boot (proc(5), stat field 22), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return int(data[data.rfind(b")") + 2:].split()[19])
-
-
 def _pidns():
     return os.stat("/proc/self/ns/pid").st_ino
 
 
 def supervisor_mark():
-    return f"{_pidns()} {os.getpid()} {_starttime('self')}".encode()
+    return f"{_pidns()} {os.getpid()} {procfs.start_time('self')}".encode()
 
 
 def supervisor_alive(path, lock_fd):
@@ -133,7 +124,7 @@ def supervisor_alive(path, lock_fd):
     except OSError:
         same_ns = False
     if same_ns:
-        return pid.isdigit() and _starttime(int(pid)) == int(start)
+        return pid.isdigit() and procfs.start_time(int(pid)) == int(start)
     try:                # another pid namespace: only its lock can tell
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False

@@ -19,7 +19,7 @@ returns the reason, which `-v` and `reaper doctor` print.
 
 import os
 
-from reaper import cgroup
+from reaper import cgroup, procfs
 from reaper.errors import ReaperError
 
 
@@ -58,7 +58,7 @@ class CgroupContainment:
         from reaper import tree
         members = set(self.job.pids())
         return [pid for pid in tree.own_children()
-                if pid not in members and not self._inside(pid) and _alive(pid)
+                if pid not in members and not self._inside(pid) and procfs.alive(pid)
                 and not (new_only and pid in self.reached)]
 
     def _inside(self, pid):
@@ -71,15 +71,6 @@ class CgroupContainment:
 
     def close(self):
         self.job.close()
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2:][:1] not in (b"Z", b"X")
 
 
 class TreeContainment:

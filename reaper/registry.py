@@ -43,6 +43,7 @@ import os
 import stat
 import time
 
+from reaper import procfs
 from reaper.errors import EXIT_FAILURE, EXIT_NO_JOB, ReaperError
 
 ENTRY_SUFFIX = ".json"
@@ -83,10 +84,11 @@ def pidns_id(pid="self"):
 
 
 def proc_stat(pid):
-    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, session, ...]."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    return data[data.rindex(b")") + 2:].split()
+    """Fields of /proc/PID/stat after the command name (reaper.procfs); OSError if gone."""
+    st = procfs.fields(pid)
+    if st is None:
+        raise ProcessLookupError(f"no process {pid}")
+    return st
 
 
 def start_time(pid):

@@ -37,6 +37,8 @@ import errno
 import os
 import _signal
 
+from reaper import procfs
+
 SIGKILL, SIGSTOP, SIGCONT = _signal.SIGKILL, _signal.SIGSTOP, _signal.SIGCONT
 MAX_ROUNDS = 1000       # each round only adds processes; a stopped tree cannot grow
 
@@ -58,12 +60,9 @@ def _read(path):
 
 
 def _stat(pid):
-    """(ppid, number of threads) from /proc/PID/stat, or None if it is gone."""
-    data = _read(f"/proc/{pid}/stat")
-    if data is None:
-        return None
-    fields = data[data.rfind(b")") + 2:].split()
-    return int(fields[1]), int(fields[17])
+    """(ppid, number of threads), or None if it is gone."""
+    st = procfs.fields(pid)
+    return None if st is None else (int(st[1]), int(st[17]))
 
 
 def children(pid, threads=(None,)):
