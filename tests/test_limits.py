@@ -107,11 +107,16 @@ class Delegated:
         os.mkdir(self.jobs)
 
     def reaper(self, *args, **kw):
+        """reaper in S/sup.  Not through sandbox.spawn: that joins S first, which
+        has controllers enabled for its children now, so it may hold no process."""
         sup = self.sup
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
-        return self.sandbox.spawn([sys.executable, "-m", "reaper", *args],
-                                  preexec=lambda: _write(os.path.join(sup, "cgroup.procs"), "0"), **kw)
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-m", "reaper", *args], env=self.sandbox.env,
+                                preexec_fn=lambda: _write(os.path.join(sup, "cgroup.procs"), "0"), **kw)
+        self.sandbox.procs.append(proc)
+        return proc
 
     def run(self, *args, timeout=60):
         proc = self.reaper("exec", "--cgroup-parent", self.jobs, *args)
