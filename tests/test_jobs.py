@@ -18,7 +18,7 @@ import time
 import psutil
 import pytest
 
-from conftest import NOBODY, Lines, helper
+from conftest import NOBODY, Lines, helper, require
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,7 +76,7 @@ def test_ls_shows_a_named_job_with_its_processes_and_escapees(sandbox, mode):
     assert job["uid"] == os.geteuid() and job["alive"]
     assert job["memory_bytes"] > 0 and job["cpu_s"] >= 0
     code, out, _ = reaper_cmd(sandbox, "ls")
-    assert code == 0 and out.splitlines()[1].split()[1] == "web"
+    assert code == 0 and "web" in out.splitlines()[1].split()
     stop(proc)
     sandbox.assert_empty()
     assert ls_json(sandbox) == {}
@@ -374,6 +374,8 @@ def test_registry_symlink_is_refused(sandbox):
 
 
 def test_registry_owned_by_someone_else_is_refused(sandbox):
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a directory to another user")
     os.mkdir(_registry_dir(sandbox), 0o700)
     os.chown(_registry_dir(sandbox), 65534, 65534)
     code, _, err = reaper_cmd(sandbox, "exec", "--name", "x", "--", "true")
@@ -416,6 +418,7 @@ def test_full_or_read_only_registry(sandbox, world):
 
 def test_a_full_registry_fails_a_named_job_before_it_starts(sandbox):
     """The registry on a full 4 KiB tmpfs, in a private mount namespace (gone with it)."""
+    require("unshare", "--mount", "--propagation", "private", "true")
     base = sandbox.tmp / "full"
     base.mkdir()
     fill = ('mount -t tmpfs -o size=4k tmpfs "$0" && mkdir -m 0700 "$0/0" && '
