@@ -26,14 +26,21 @@ from reaper.errors import ReaperError
 EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
 
-def _unregistered(e, name, explicit):
-    """Registration failed: raise for a named job or exhausted resources, else warn."""
+def _unregistered(e, name, explicit, log):
+    """Registration failed: raise for a named job or exhausted resources, else warn.
+
+    An unnamed job loses only `reaper ls/kill` by name; a read-only root (a
+    container run with --read-only) is said under -v only, not on every run.
+    """
     cause = e if isinstance(e, OSError) else e.__context__
     if isinstance(cause, OSError) and cause.errno in EXHAUSTED:
         raise ReaperError(f"cannot register the job: {cause.strerror} (check ulimit -n)")
     if explicit:
         raise ReaperError(f"--name {name}: cannot register the job: {e}")
-    os.write(2, f"reaper: warning: running unregistered ({e})\n".encode(errors="replace"))
+    if isinstance(cause, OSError) and cause.errno == errno.EROFS:
+        log(f"running unregistered ({e})")
+    else:       # a registry that is tampered with, full, ...: worth a line
+        os.write(2, f"reaper: warning: running unregistered ({e})\n".encode(errors="replace"))
 
 
 class ExecHooks:
@@ -59,7 +66,7 @@ class ExecHooks:
         except registry.NameTaken:
             raise
         except (ReaperError, OSError) as e:
-            _unregistered(e, name, explicit)
+            _unregistered(e, name, explicit, self.log)
             return
         self.name = self.registration.name
 
@@ -96,7 +103,7 @@ class ExecHooks:
             reg.publish(self.fields)
         except (ReaperError, OSError) as e:
             self.close()
-            _unregistered(e, self.name, self.explicit)
+            _unregistered(e, self.name, self.explicit, self.log)
 
     # -- called by the supervisor -----------------------------------------
 
