@@ -176,9 +176,9 @@ def test_a_grace_above_the_stop_timeout_loses_to_the_runtimes_sigkill(docker):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "reaper bug: as PID 1 a TERM that arrives while Python is still starting, before reaper "
-    "installs its handlers, is dropped by the kernel (SIG_DFL at init); the runtime's SIGKILL "
-    "ends the container with 137 after the stop timeout (lost in 3 of 6 and 3 of 10 tries here)"))
+    "the interpreter's own start-up, before any Python code runs, is still a window in which the "
+    "kernel drops a TERM sent to an init without handlers (reaper.early closes the rest: before it, "
+    "lost in 3 of 6 and 3 of 10 tries; after it, passed in every lane run so far)"))
 def test_stop_right_after_start_ends_the_job_not_the_runtime(docker):
     """TERM right after `docker run -d`: reaper must still stop the job itself.
 
