@@ -231,8 +231,8 @@ class Supervisor:
             if method is not None:
                 method(self, *args)
 
-    def _event(self, event, sig=None):
-        self.transitions[self.state](event, sig)
+    def _event(self, event, arg=None):
+        self.transitions[self.state](event, arg)
 
     def _reap(self):
         flags = os.WNOHANG
@@ -276,7 +276,7 @@ class Supervisor:
             self.log(f"received signal {sig}")
             if sig in STOPPING_SIGNALS:
                 self.stop_requested = self.stop_requested or sig     # reaper.cli.exit_like_the_job
-                self._event(STOP_REQUEST, sig)
+                self._event(STOP_REQUEST, (sig, f"received signal {sig}"))
             elif sig in JOB_CONTROL_STOPS or sig == _signal.SIGCONT:
                 self._suspend_or_resume(sig)
             else:
@@ -300,7 +300,10 @@ class Supervisor:
 
     # -- transitions, one function per state ------------------------------
 
-    def _running(self, event, sig):
+    # STOP_REQUEST carries (signal, why): a received TERM/INT/QUIT, `reaper kill`
+    # or the Python API; SIGKILL means at once.  LATE_MEMBERS carries the pids.
+
+    def _running(self, event, arg):
         if event == MAIN_EXITED:
             if self._job_empty():
                 return      # nothing left: _collected() ends the loop
@@ -310,47 +313,47 @@ class Supervisor:
             else:
                 self._stop(self.stop_signal, "the main process exited")
         elif event == STOP_REQUEST:
-            self._stop(sig, f"received signal {sig}")
+            self._stop_or_kill(*arg)
         elif event == TIMEOUT:
             self.timed_out = True
             self._stop(self.stop_signal, f"--timeout {self.timeout_s:g}s expired")
 
-    def _draining(self, event, sig):
+    def _draining(self, event, arg):
         if event == STOP_REQUEST:
-            self._stop(sig, f"received signal {sig}")
+            self._stop_or_kill(*arg)
         elif event == TIMEOUT:
             self.timed_out = True
             self._stop(self.stop_signal, f"--timeout {self.timeout_s:g}s expired")
 
-    def _stopping(self, event, sig):
+    def _stopping(self, event, arg):
         if event == GRACE_OVER:
             self._kill(f"the grace period of {self.grace_s:g}s is over")
-        elif event == STOP_REQUEST and sig != SIGQUIT:
-            self._kill("a second stop signal arrived")
+        elif event == STOP_REQUEST and arg[0] != SIGQUIT:
+            self._kill(f"a second stop request ({arg[1]})")
         elif event == LATE_MEMBERS:
-            self.log(f"processes that left the job cgroup: {sig}; signal {self.stopped_by} "
+            self.log(f"processes that left the job cgroup: {arg}; signal {self.stopped_by} "
                      f"and a full grace for them")
-            self.containment.signal_outsiders(self.stopped_by, sig)
+            self.containment.signal_outsiders(self.stopped_by, arg)
             self.kill_at = time.monotonic() + self.grace_s
 
-    def _killing(self, event, sig):
+    def _killing(self, event, arg):
         if event == LATE_MEMBERS:
-            self.containment.signal_outsiders(SIGKILL, sig)
+            self.containment.signal_outsiders(SIGKILL, arg)
 
     def request_stop(self, sig, grace_s, why):
-        """A stop asked for from outside (`reaper kill`): what a received TERM does,
-        with this signal and grace (grace 0: kill at once)."""
+        """A stop asked for from outside (`reaper kill`, the Python API): what a
+        received TERM does, with this signal and grace (grace 0: kill at once)."""
         if grace_s is not None:
             self.grace_s = grace_s
-        if self.state in (RUNNING, DRAINING):
-            if grace_s == 0:
-                self._kill(why)
-            else:
-                self._stop(sig, why)
-        elif self.state == STOPPING:
-            self._kill(f"{why}, a second stop request")
+        self._event(STOP_REQUEST, (SIGKILL if grace_s == 0 else sig, why))
 
     # -- actions --------------------------------------------------------
+
+    def _stop_or_kill(self, sig, why):
+        if sig == SIGKILL:
+            self._kill(why)
+        else:
+            self._stop(sig, why)
 
     def _stop(self, sig, why):
         self.log(f"stopping: {why}; signal {sig} to every process of the job, "
