@@ -91,6 +91,9 @@ class Bench:
         # Python contestant recompile its modules on every start.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = os.path.join(tmp, "pycache")
+        # The bench kills supervisors on purpose: their registry entries go to a
+        # registry of the run's own, removed with it, never to /run/reaper.
+        env["REAPER_REGISTRY"] = os.path.join(tmp, "registry")
         self.env = env
         self.true = _which("true")
         self.sleep = _which("sleep")
