@@ -206,6 +206,8 @@ def cmd_exec(args, control=None):
         hooks.close()
     hooks.report(code)
     _collected = True
+    if control is not None:
+        return code     # a Python caller's supervisor: it still reports the end to the caller
     return exit_like_the_job(sup, code)
 
 
