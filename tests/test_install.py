@@ -76,7 +76,7 @@ def test_quick_start_launcher_skips_site_and_uses_the_extension(quick_start, san
     # -X importtime reports every import, the job's child-side ones included
     # (the child is a fork of this interpreter until it execs).
     proc = sandbox.spawn([python, "-X", "importtime", "-IS", launcher, "exec", "--containment",
-                          "cgroup", "--", "true"], env=clean_env(PATH="/usr/bin:/bin"),
+                          "cgroup", "--", "true"], env=clean_env(PATH="/usr/bin:/bin", REAPER_REGISTRY=sandbox.registry),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
@@ -89,7 +89,8 @@ def test_quick_start_launcher_skips_site_and_uses_the_extension(quick_start, san
 def test_the_installed_launcher_works_for_an_unprivileged_user(quick_start, sandbox):
     reaper = os.path.join(quick_start["bin"], "reaper")
     proc = sandbox.spawn(NOBODY + [reaper, "exec", "-v", "--", "sh", "-c", "id -u; sleep 0 & sleep 0 &"],
-                         env=clean_env(PATH="/usr/bin:/bin"), stdout=subprocess.PIPE,
+                         env=clean_env(PATH="/usr/bin:/bin", REAPER_REGISTRY=sandbox.registry),
+                         stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, cwd="/")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
@@ -121,7 +122,8 @@ def test_plain_pip_install_gets_reapers_launcher(quick_start, sandbox):
             with open(entry_points) as f:
                 assert "console_scripts" not in f.read()    # only the (inert) pytest11 plugin
         proc = sandbox.spawn([launcher, "exec", "--", "sh", "-c", "exit 3"],
-                             env=clean_env(PATH="/usr/bin:/bin"), stderr=subprocess.PIPE, cwd="/")
+                             env=clean_env(PATH="/usr/bin:/bin", REAPER_REGISTRY=sandbox.registry),
+                             stderr=subprocess.PIPE, cwd="/")
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 3, err.decode()
     finally:
