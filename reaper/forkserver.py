@@ -188,7 +188,7 @@ def supervise(fds):
             os.environ.update(request["env"])
         args = list(request["args"])
         if request.get("stats"):
-            stats_dir = tempfile.mkdtemp(prefix="reaper-stats.")
+            stats_dir = tempfile.mkdtemp(prefix="stats.", dir=_STATS_ROOT)
             args.insert(0, f"--stats-json={stats_dir}/stats.json")
         auto_pidns = request.get("pidns") == "auto" and _want_pidns(args)
         from reaper import cli
@@ -255,8 +255,25 @@ def _recv_fds(sock):
     return msg, fds
 
 
+_STATS_ROOT = None      # the server's own directory for --stats-json files (supervise())
+
+
 def serve(ctl_fd):
-    """The server loop: one fork per request, until the caller closes the control socket."""
+    """The server loop: one fork per request, until the caller closes the control socket.
+
+    Each supervisor removes its stats file's directory when it reports the
+    end; one that was SIGKILLed cannot, so they all live in a directory of the
+    server's, removed when the server ends.
+    """
+    global _STATS_ROOT
+    _STATS_ROOT = tempfile.mkdtemp(prefix="reaper-forkserver.")
+    try:
+        return _serve(ctl_fd)
+    finally:
+        shutil.rmtree(_STATS_ROOT, ignore_errors=True)
+
+
+def _serve(ctl_fd):
     ctl = socket.socket(fileno=ctl_fd)
     _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)    # supervisors are reaped by the kernel
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)     # a Ctrl-C is for the caller
