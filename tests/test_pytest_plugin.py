@@ -73,7 +73,9 @@ def run_inner(sandbox, *args, env_extra=None):
                 and not (a == "reaper.pytest_entry" and args[i - 1] == "-p")]
     test_file = sandbox.tmp / "test_inner.py"
     test_file.write_text(INNER)
-    env = dict(sandbox.env, **(env_extra or {}))
+    # TMPDIR: what the inner run's fork server leaves in a temporary directory
+    # stays in this test's own.
+    env = dict(sandbox.env, TMPDIR=str(sandbox.tmp), **(env_extra or {}))
     proc = sandbox.spawn([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA",
                           *args, str(test_file)], env=env, cwd=str(sandbox.tmp),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
