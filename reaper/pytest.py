@@ -230,24 +230,17 @@ def _signal_pinned(procs: List[Tuple[int, int]], signals: Tuple[str, ...]) -> bo
 
 
 def _cgroup_pids(path: str) -> List[int]:
-    pids: List[int] = []
-    for root, _, files in os.walk(path):
-        if "cgroup.procs" in files:
-            try:
-                with open(os.path.join(root, "cgroup.procs")) as f:
-                    pids += [int(x) for x in f.read().split()]
-            except OSError:
-                pass
-    return sorted(set(pids))
+    from reaper import inspect
+    return sorted(set(inspect.cgroup_pids(path)))
 
 
 def _stat(pid: int) -> Optional[List[str]]:
+    from reaper import procfs
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        st = procfs.fields(pid)
     except OSError:
         return None
-    return data[data.rindex(b")") + 2:].decode().split()
+    return None if st is None else [f.decode() for f in st]
 
 
 def _ppid(pid: int) -> Optional[int]:
