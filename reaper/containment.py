@@ -1,7 +1,7 @@
 """Choosing how a job is contained, and saying why.
 
 Two mechanisms share one small interface (signal_all, outsiders, empty,
-close; reaper.pidns adds a third for the init of a pid namespace):
+rest, close; reaper.pidns adds a third for the init of a pid namespace):
 
 - cgroup: the job's own cgroup v2 directory (reaper.cgroup).  Complete by
   construction: no descendant can leave it, `cgroup.kill` kills it atomically,
@@ -18,6 +18,7 @@ returns the reason, which `-v` and `reaper doctor` print.
 """
 
 import os
+import select
 
 from reaper import cgroup, procfs
 from reaper.errors import ReaperError
@@ -32,7 +33,8 @@ class CgroupContainment:
         self.reason = reason
         self.cgroup_procs = job.procs_file
         self.cgroup_fd = job.lock_fd
-        self.events_fd = job.events_fd
+        self.events_fd = job.events_fd      # cgroup.events: POLLPRI when populated changes
+        self.events_mask = select.POLLPRI
         self.reached = set()        # processes outside the cgroup already given the stop signal
 
     def signal_all(self, sig):
@@ -69,21 +71,35 @@ class CgroupContainment:
     def empty(self):
         return not self.job.populated()
 
+    def rest(self):
+        return self.job.pids()
+
     def close(self):
         self.job.close()
 
 
 class TreeContainment:
-    """The process tree below the subreaper; as PID 1, the whole pid namespace."""
+    """The process tree below the subreaper; as PID 1, the whole pid namespace.
+
+    As PID 1 the namespace also holds processes that entered it from outside
+    (`docker exec`); reaper.namespace pins them, and events_fd wakes the
+    supervisor when one exits, so they too get the whole grace.
+    """
 
     name = "pgroup"
     cgroup_procs = None
     cgroup_fd = None
     events_fd = None
+    members = None
 
     def __init__(self, reason):
         self.reason = reason
         self.pid1 = os.getpid() == 1
+        if self.pid1:
+            from reaper import namespace
+            self.members = namespace.Members()
+            self.events_fd = self.members.fd    # an epoll fd: readable when a member exits
+            self.events_mask = select.POLLIN
 
     def signal_all(self, sig):
         if self.pid1:
@@ -101,10 +117,16 @@ class TreeContainment:
         return []       # the tree is the job: nothing is outside it
 
     def empty(self):
-        return True     # the supervisor knows: no children left means no descendants
+        """Below a subreaper, no children left means no descendants (the supervisor
+        knows); as PID 1, entered processes must have exited too."""
+        return self.members is None or not self.members.any_alive()
+
+    def rest(self):
+        return [] if self.members is None else sorted(self.members.pinned.values())
 
     def close(self):
-        pass
+        if self.members is not None:
+            self.members.close()
 
 
 class Placement:

@@ -63,6 +63,9 @@ class NamespaceContainment:
     def empty(self):
         return True     # the init knows: no children left means an empty namespace
 
+    def rest(self):
+        return []
+
     def close(self):
         pass
 

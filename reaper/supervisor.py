@@ -4,7 +4,9 @@ It sleeps in poll(2) on at most two descriptors and wakes only for an event:
 - the signal wakeup pipe (signal.set_wakeup_fd): every signal reaper receives,
   SIGCHLD included, arrives as a byte naming it, so handlers do nothing and
   all decisions are made here, in order;
-- `cgroup.events` (POLLPRI) when the job's cgroup empties.
+- `cgroup.events` (POLLPRI) when the job's cgroup empties; as PID 1 without
+  a cgroup, an epoll of pidfds when a process that entered the namespace
+  from outside exits (reaper.namespace).
 The only timeouts are the grace and --timeout deadlines, so an idle job costs
 zero wake-ups.
 
@@ -96,6 +98,7 @@ class Supervisor:
         self.timed_out = False
         self.stop_requested = None
         self.no_children = False
+        self.told_rest = False
         self.stopped_by = None
         self.kill_at = None
         self.timeout_at = None
@@ -185,7 +188,7 @@ class Supervisor:
         poller = select.poll()
         poller.register(self.wake_r, select.POLLIN)
         if self.containment.events_fd is not None:
-            poller.register(self.containment.events_fd, select.POLLPRI)
+            poller.register(self.containment.events_fd, self.containment.events_mask)
         owners = {fd: w for w in self.watchers for fd in w.fds}
         for fd in owners:
             poller.register(fd, select.POLLIN)
@@ -199,7 +202,7 @@ class Supervisor:
                 return
             for fd, _ in poller.poll(self._poll_timeout_ms()):
                 if fd == self.containment.events_fd:
-                    self.containment.empty()    # reading cgroup.events re-arms POLLPRI
+                    self.containment.empty()    # re-arms: reads cgroup.events, or drains the epoll
                 elif fd in owners and owners[fd].on_readable(self, fd) is False:
                     poller.unregister(fd)       # e.g. EOF, which would stay readable
             self._drain_signals()
@@ -212,7 +215,15 @@ class Supervisor:
         return int(min(ms, MAX_POLL_MS))
 
     def _job_empty(self):
-        return self.no_children and self.containment.empty()
+        if not self.no_children:
+            return False
+        if self.containment.empty():
+            return True
+        if not self.told_rest:      # e.g. what `docker exec` started, as PID 1 without a cgroup
+            self.told_rest = True
+            self.log(f"no child of reaper is left; waiting for the rest of the job: "
+                     f"pids {' '.join(map(str, self.containment.rest()))}")
+        return False
 
     def _collected(self):
         if self.main_status is None:

@@ -88,6 +88,41 @@ def test_pid1_reaps_orphans_that_entered_the_namespace_from_outside(sandbox):
     sandbox.assert_empty()
 
 
+def test_pid1_without_a_cgroup_gives_entered_processes_term_and_the_grace(sandbox):
+    """`docker exec` processes have a parent outside the namespace: no wait reports them.
+
+    Without a cgroup the job is the whole namespace, so reaper as PID 1 must
+    not return (and let the kernel SIGKILL the namespace) while one of them
+    is still using the grace it was given.
+    """
+    release = sandbox.tmp / "release"
+    os.mkfifo(release)
+    proc = sandbox.spawn(container(*reaper_argv("exec", "-v", "--containment", "pgroup", "--grace", "60s", "--",
+                                                *helper("signals.py"), "--stop-exit", "0")),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    Lines(proc.stdout).until("ready ")
+    init = pid1_of(proc)
+    entered = sandbox.spawn(["nsenter", "--target", str(init.pid), "--pid", "--",
+                             *helper("entered.py"), str(release)], stdout=subprocess.PIPE)
+    out = Lines(entered.stdout)
+    out.until("ready ")
+    init.send_signal(signal.SIGTERM)
+    assert out.until("got TERM ")
+    err = Lines(proc.stderr)
+    while True:
+        line = err.next()
+        assert line is not None, f"reaper exited before the entered process did: {err.seen}"
+        if "waiting for the rest of the job" in line:
+            break
+    # The main process is gone and reaped; the entered process is still shutting down.
+    assert proc.poll() is None
+    with open(release, "w") as f:
+        f.write("done")
+    assert entered.wait(timeout=30) == 0, "the entered process was killed, not left to finish"
+    assert proc.wait(timeout=30) == 0
+    sandbox.assert_empty()
+
+
 def _no_zombie_soon(proc, timeout_s=5.0):
     """Poll (bounded): no event tells an outsider that a zombie was reaped."""
     import time
