@@ -150,6 +150,40 @@ def test_per_job_controllers_inside_a_unit(units):
         assert f.read().split() == available, "the job's cgroup has the unit's controllers"
 
 
+def systemd_version():
+    return int(run("systemctl", "--version").stdout.split()[1])
+
+
+def test_delegate_subgroup_puts_reaper_in_its_leaf_and_jobs_beside_it(units):
+    """systemd >= 254 starts reaper in supervisor/ itself; reaper then moves nothing and
+    makes job cgroups beside it (the README's recipe for per-job controllers)."""
+    version = systemd_version()
+    if version < 254:
+        pytest.skip(f"DelegateSubgroup= needs systemd >= 254, this is {version} "
+                    "(the lane's second image has it: LANE_SYSTEMD_FROM=bookworm-backports)")
+    unit = units.add("subgroup", "/bin/sleep 1000", "-v --notify-ready --grace 1s",
+                     dropin="DelegateSubgroup=supervisor\n")
+    units.ctl("start", unit)
+    state = units.show(unit, "ControlGroup", "MainPID")
+    group, main = state["ControlGroup"], int(state["MainPID"])
+    with open(f"/proc/{main}/cgroup") as f:     # the v2 line (the host's v1 ones show too)
+        assert f"0::{group}/supervisor" in f.read().splitlines(), "systemd put reaper in the leaf"
+    unit_dir = "/sys/fs/cgroup" + group
+    jobs = [d for d in os.listdir(unit_dir) if d.startswith("reaper.")]
+    assert len(jobs) == 1, os.listdir(unit_dir)
+    with open(os.path.join(unit_dir, "supervisor", "cgroup.procs")) as f:
+        assert f.read().split() == [str(main)], "the leaf holds reaper alone"
+    with open(os.path.join(unit_dir, "cgroup.controllers")) as f:
+        available = f.read().split()
+    with open(os.path.join(unit_dir, jobs[0], "cgroup.controllers")) as f:
+        assert f.read().split() == available, "the job's cgroup has the unit's controllers"
+    log = journal(unit, units.since)
+    assert "reaper is in its supervisor/ leaf" in log, log
+    units.ctl("stop", unit)
+    after = units.show(unit, "ActiveState", "Result")
+    assert (after["ActiveState"], after["Result"]) == ("inactive", "success")
+
+
 def test_an_unprivileged_users_unit_gets_cgroup_containment(user_units):
     unit = user_units.add("mine", helper_cmd("escape.py", "1", "--stay"), "-v --notify-ready --grace 1s")
     user_units.ctl("start", unit)
