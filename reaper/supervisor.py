@@ -304,6 +304,8 @@ class Supervisor:
 
     def _check_late_members(self):
         """Processes that left the job cgroup surface as reaper's children once it empties."""
+        if self.containment.name != "cgroup":
+            return      # only a cgroup can lose members to another cgroup
         if self.state in (STOPPING, KILLING) and not self.no_children and self.containment.empty():
             late = self.containment.outsiders(new_only=True)
             if late:
