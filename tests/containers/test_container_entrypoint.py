@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from runtimes import HERE, JOB, REAPER, docker_runtime, podman_missing, podman_runtime
+from runtimes import HERE, JOB, REAPER, docker_runtime, note_stop, podman_missing, podman_runtime
 
 pytestmark = pytest.mark.skipif(not os.environ.get("REAPER_LANE_DOCKER_HOST"),
                                 reason="container tests run in the container lane: bash lanes/containers/run")
@@ -128,7 +128,7 @@ def ladder():
         daemons = {c[:2]: daemons_ready(c[4], 1)[0] for c in cases}
         with ThreadPoolExecutor(len(cases)) as pool:
             took = dict(zip([c[:2] for c in cases],
-                            pool.map(lambda c: c[2].stop(c[3], c[1]), cases)))
+                            pool.map(lambda c: c[2].stop(c[3], c[1], note=False), cases)))
         yield {c[:2]: {"took": took[c[:2]], "lines": c[4].rest(), "status": c[2].exit_code(c[3]),
                        "daemon": daemons[c[:2]]} for c in cases}
     finally:
@@ -143,6 +143,7 @@ def test_stop_kills_a_term_ignoring_daemon_before_the_runtime_does(ladder, rt_na
     if (rt_name, timeout_s) not in ladder:
         pytest.skip(podman_missing())
     case = ladder[rt_name, timeout_s]
+    note_stop(rt_name, timeout_s, case["took"], case["status"])     # the fixture's stop, under this test
     lines, daemon = case["lines"], case["daemon"]
     assert got_term(lines, f"daemon {daemon}"), lines
     assert f"daemon {daemon} ignores TERM" in lines, lines
