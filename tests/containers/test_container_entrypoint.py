@@ -289,8 +289,12 @@ def test_what_docker_exec_leaves_behind_is_stopped_with_the_container(docker):
     Neither is reaper's descendant (the exec'd process's parent is the
     runtime's shim, outside the namespace).  With the process-tree
     containment (no writable cgroup: this hybrid host) reaper as PID 1 sweeps
-    the whole pid namespace, so both get TERM and the grace; with a cgroup
-    they are outside the job's cgroup and die with the namespace when reaper
+    the whole pid namespace: both get TERM and the whole grace, and reaper
+    waits for the exec'd process (reaper.namespace pins it by pidfd) instead
+    of letting the kernel SIGKILL it with the namespace.  The exec'd process
+    traps TERM and takes 1 s to shut down: its `exits` line, and a stop that
+    took that second, show it ended of its own accord.  With a cgroup they
+    are outside the job's cgroup and die with the namespace when reaper
     exits.  Either way nothing is left and the status is the job's.
     """
     name, out = docker.start(cmd=JOB)
@@ -298,15 +302,18 @@ def test_what_docker_exec_leaves_behind_is_stopped_with_the_container(docker):
     info = json.loads(docker("exec", name, REAPER, "doctor", "--json")[1])
     # The exec'd job writes to the container's log through PID 1's stdout.
     docker("exec", "-d", name, "sh", "-c",
-           "exec python3 /jobs/job.py --trap-term 0 --daemons 1 >/proc/1/fd/1 2>&1")
+           "exec python3 /jobs/job.py --trap-term 0 --term-work 1 --daemons 1 >/proc/1/fd/1 2>&1")
     [daemon] = daemons_ready(out, 1)
+    exec_main = out.seen[-1].split()[1]         # `ready <pid>`
     took = docker.stop(name, STOP_TIMEOUT_S)
     lines = out.rest()
     assert docker.exit_code(name) == 143, lines
     assert took < STOP_TIMEOUT_S - 0.5, f"stop took {took:.2f}s"
     if info["auto_containment"] == "pgroup":
         assert got_term(lines, f"daemon {daemon}"), lines
-        assert sum(bool(re.match(r"main \d+ got TERM$", x)) for x in lines) == 1, lines
+        assert got_term(lines, f"main {exec_main}"), lines
+        assert f"main {exec_main} exits 0" in lines, f"the exec'd process was killed in its shutdown: {lines}"
+        assert took >= 1.0, f"stop took {took:.2f}s: reaper did not wait for the exec'd process"
 
 
 # -- --init: tini as PID 1, reaper below it -----------------------------------
