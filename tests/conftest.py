@@ -36,7 +36,7 @@ HELPERS = os.path.join(HERE, "helpers")
 MARKER = uuid.uuid4().hex[:12]
 
 sys.path.insert(0, ROOT)
-from reaper import cgroup  # noqa: E402
+from reaper import cgroup, procfs  # noqa: E402
 
 # The jobs `watch top` and tmux need a terminal type, and the caller may give
 # none (`systemd-run --pipe`, ssh without a pty) or one without terminfo here.
@@ -118,6 +118,13 @@ def cg_destroy(path):
         for d in dirs:
             os.rmdir(os.path.join(root, d))
     os.rmdir(path)
+
+
+def zombie_children(proc):
+    """The pids of a psutil.Process's children that are zombies now.  A child
+    reaped between the listing and the read of its state is none (psutil's
+    status() would raise NoSuchProcess: the race made a test flaky)."""
+    return [c.pid for c in proc.children() if (procfs.fields(c.pid) or [b""])[0] == b"Z"]
 
 
 def describe(pid):

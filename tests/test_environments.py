@@ -15,7 +15,7 @@ import sys
 import psutil
 import pytest
 
-from conftest import NOBODY, Lines, cg_wait_empty, helper, require
+from conftest import NOBODY, Lines, cg_wait_empty, helper, require, zombie_children
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -128,7 +128,7 @@ def _no_zombie_soon(proc, timeout_s=5.0):
     import time
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not [c for c in proc.children() if c.status() == psutil.STATUS_ZOMBIE]:
+        if not zombie_children(proc):
             return True
         time.sleep(0.01)
     return False

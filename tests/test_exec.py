@@ -14,7 +14,7 @@ import subprocess
 import psutil
 import pytest
 
-from conftest import Lines, helper
+from conftest import Lines, helper, zombie_children
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -197,7 +197,7 @@ def test_no_zombie_lingers_after_200_orphans(sandbox, mode):
     import time
     deadline = time.monotonic() + 10
     while True:
-        zombies = [c.pid for c in supervisor.children() if c.status() == psutil.STATUS_ZOMBIE]
+        zombies = zombie_children(supervisor)
         if not zombies or time.monotonic() > deadline:
             break
         time.sleep(0.01)

@@ -29,6 +29,16 @@ def record(filename, line):
             f.write(line + "\n")
 
 
+def note_stop(runtime, timeout_s, took, status):
+    """One line of stops.txt, naming the runtime and the test that is running now.
+
+    PYTEST_CURRENT_TEST names the test whose setup, call or teardown runs: a
+    module-scoped fixture's stops would carry the name of whichever test
+    happened to set it up, so such stops are noted from their own test."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    record("stops.txt", f"{runtime} stop -t {timeout_s}: {took:5.2f} s, status {status}  {test}")
+
+
 class Stream:
     """Lines of a child's stdout, each wait bounded in select(), never sleeping."""
 
@@ -131,13 +141,15 @@ class Runtime:
     def exit_code(self, name):
         return int(self("inspect", "--format", "{{.State.ExitCode}}", name)[1].strip())
 
-    def stop(self, name, timeout_s):
-        """`stop -t timeout_s`; returns the seconds it took (also noted in the lane's artifacts)."""
+    def stop(self, name, timeout_s, note=True):
+        """`stop -t timeout_s`; returns the seconds it took.  With `note`, also noted in
+        the lane's artifacts under the running test (note_stop); a stop made
+        outside its test (a shared fixture's) is noted by the test itself."""
         t0 = time.monotonic()
         self("stop", "-t", str(timeout_s), name, timeout=timeout_s + 30)
         took = time.monotonic() - t0
-        record("stops.txt", f"{self.name} stop -t {timeout_s}: {took:5.2f} s, status {self.exit_code(name)}"
-                            f"  {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}")
+        if note:
+            note_stop(self.name, timeout_s, took, self.exit_code(name))
         return took
 
     def cleanup(self):

@@ -7,16 +7,19 @@ python3, no writes anywhere).  Every line goes to the container's stdout, so
   daemon <pid> got TERM         ... and what it did with it:
   daemon <pid> exits            ... left cleanly (the default), or
   daemon <pid> ignores TERM     ... --daemons-ignore-term
-  main <pid> got TERM           with --trap-term N, then exits N
+  main <pid> got TERM           with --trap-term N; then, after --term-work S
+                                seconds of shutdown work (default 0):
+  main <pid> exits N            ... and it exits N of its own accord
   ready <pid>                   all daemons are up; the main process is next:
 --close-stdout (close 1 and 2 first), then --exit N (exit at once),
 --kill-self SIG, or wait for a signal (the default).
-usage: job.py [--daemons N] [--daemons-ignore-term] [--trap-term N]
+usage: job.py [--daemons N] [--daemons-ignore-term] [--trap-term N [--term-work S]]
               [--close-stdout] [--exit N | --kill-self SIG]
 """
 import argparse
 import os
 import signal
+import time
 
 
 def say(line):
@@ -52,6 +55,7 @@ def main():
     p.add_argument("--daemons", type=int, default=0)
     p.add_argument("--daemons-ignore-term", action="store_true")
     p.add_argument("--trap-term", type=int)
+    p.add_argument("--term-work", type=float, default=0.0)
     p.add_argument("--exit", type=int)
     p.add_argument("--kill-self")
     p.add_argument("--close-stdout", action="store_true")
@@ -60,6 +64,10 @@ def main():
     if a.trap_term is not None:
         def on_term(signum, frame):
             say(f"main {me} got TERM")
+            # A job's own shutdown (flushing, closing connections) takes time;
+            # a process killed during it never says `exits`.
+            time.sleep(a.term_work)
+            say(f"main {me} exits {a.trap_term}")
             os._exit(a.trap_term)
         signal.signal(signal.SIGTERM, on_term)
     for _ in range(a.daemons):
