@@ -34,7 +34,7 @@
  * small stack of its own in the parent's frame, the parent suspended until
  * the child has exec'ed or exited.  No page table is copied and no page
  * is copied on write afterwards: measured, this start costs ~0.3 ms where
- * fork + exec costs 0.6-1 ms in a Python process.  The child runs only the C
+ * fork + exec costs 0.6-1.6 ms in a Python process (bench/RESULTS.md).  The child runs only the C
  * below (no Python, so no fork hooks): every signal with a handler, and every
  * signal in `reset`, back to SIG_DFL (the memory is the parent's: a handler
  * must not run in the child); its own session (setsid), or at a terminal

@@ -26,10 +26,10 @@ starts one instead: reaper._linux.spawn does clone3 with CLONE_VM |
 CLONE_VFORK (and CLONE_INTO_CGROUP in cgroup mode), and the child does the
 set-up below in C on a small stack of its own, then execs.  No page table of
 the interpreter is copied, nothing is copied on write, and no Python runs in
-the child: measured in a reaper process, 0.3 ms from the call until the job
-has exec'ed, against 0.6-1.6 ms for fork + Python set-up + exec on a quiet
-machine, and more under load, where the forked child waits for a CPU to run
-Python.  The Python child below remains for --pidns (its init is Python), for
+the child: measured in a reaper process on the shared 2-CPU development
+machine (load 4-8), 0.3 ms from the call until the job has exec'ed, against
+0.6-1.6 ms for fork + Python set-up + exec, more the busier the machine: the
+forked child waits for a CPU to run Python (bench/RESULTS.md).  The Python child below remains for --pidns (its init is Python), for
 REAPER_NO_CLONE3 / REAPER_CLONE3_CTYPES, for a missing extension, and where
 clone3 is refused.
 
