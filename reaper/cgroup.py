@@ -81,14 +81,22 @@ def find_mount(mountinfo="/proc/self/mountinfo"):
 
 
 def own_path(proc_cgroup="/proc/self/cgroup"):
-    """This process's cgroup v2 path relative to the hierarchy root, e.g. '/user.slice/x'."""
+    """This process's cgroup v2 path relative to the hierarchy root, e.g. '/user.slice/x'.
+
+    Read on every check of whether the job is empty (evict_self()), so with
+    one read(2), not a buffered file object (seven system calls).
+    """
     try:
-        with open(proc_cgroup) as f:
-            for line in f:
-                if line.startswith("0::"):
-                    return line[3:].rstrip("\n")
+        fd = os.open(proc_cgroup, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 1 << 16)     # one line per hierarchy: far less
+        finally:
+            os.close(fd)
     except OSError:
-        pass
+        return None
+    for line in data.split(b"\n"):
+        if line.startswith(b"0::"):
+            return os.fsdecode(line[3:])
     return None
 
 
@@ -113,23 +121,21 @@ def supervisor_mark():
     return f"{_pidns()} {os.getpid()} {procfs.start_time('self')}".encode()
 
 
-def supervisor_alive(path, lock_fd):
-    """Is the supervisor of job cgroup `path` alive?  None: `path` is not reaper's."""
+def supervisor_alive(path, own_ns):
+    """Is the supervisor of job cgroup `path` alive?  None: `path` is not reaper's.
+
+    own_ns: this process's pid namespace (_pidns()).  A supervisor in another
+    pid namespace cannot be named by its pid from here: then "other" is
+    returned, and only the directory's lock can tell (collect_stale() takes it).
+    """
     try:
         pidns, pid, start = os.getxattr(path, MARK).decode().split()
+        same_ns = int(pidns) == own_ns
     except (OSError, ValueError, UnicodeError):
         return None
-    try:
-        same_ns = int(pidns) == _pidns()
-    except OSError:
-        same_ns = False
     if same_ns:
         return pid.isdigit() and procfs.start_time(int(pid)) == int(start)
-    try:                # another pid namespace: only its lock can tell
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
+    return "other"
 
 
 class Hierarchy:
@@ -444,25 +450,32 @@ def collect_stale(parent):
     Only directories carrying reaper's mark are considered, and a supervisor
     is dead when its pid no longer has its start time (supervisor_alive()), so
     a job that takes its cgroup's lock cannot keep itself alive.  Cheap enough
-    for every `reaper exec`: a getxattr and a stat of /proc per job cgroup.
+    for every `reaper exec`: a getxattr and a read of /proc/PID/stat per job
+    cgroup; only a dead one's directory is opened.
     """
     removed = []
     try:
         entries = os.listdir(parent)
     except OSError:
         return removed
+    try:
+        own_ns = _pidns() if any(n.startswith(JOB_PREFIX) for n in entries) else None
+    except OSError:
+        own_ns = None       # no /proc: every mark looks foreign, only the locks can tell
     for name in entries:
         if not name.startswith(JOB_PREFIX):
             continue
         path = os.path.join(parent, name)
+        alive = supervisor_alive(path, own_ns)
+        if alive is None or alive is True:
+            continue        # not reaper's, or alive: not even opened
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             continue
-        if supervisor_alive(path, fd) is not False:
-            os.close(fd)
-            continue        # alive, or not reaper's
         try:
+            if alive == "other":    # another pid namespace: dead only if its lock is free
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if remove_tree(path):
                 removed.append(path)
         except OSError:

@@ -23,6 +23,8 @@ import select
 from reaper import cgroup, procfs
 from reaper.errors import ReaperError
 
+SYSTEMD_BOOTED = "/run/systemd/system"     # sd_booted(3); the same as reaper.delegation.BOOTED
+
 
 class CgroupContainment:
     name = "cgroup"
@@ -187,11 +189,17 @@ def probe(parent_option=None, act=False, log=None, name="job"):
 
 
 def _default_parent(h, act, log, name):
-    """reaper's own cgroup, unless systemd owns it and has not delegated it (reaper.delegation)."""
-    from reaper import delegation
+    """reaper's own cgroup, unless systemd owns it and has not delegated it (reaper.delegation).
+
+    Where no systemd runs (one stat(2)), exec does not even import
+    reaper.delegation; doctor and gc (act=False) ask it, for its wording.
+    """
     own = h.own_dir()
     if own is None:
         return Placement(h, problem=f"own cgroup {h.own} is not visible under {h.mount}")
+    if act and not os.path.isdir(SYSTEMD_BOOTED):
+        return Placement(h, own, path="own cgroup", why=f"no systemd runs: {SYSTEMD_BOOTED} does not exist")
+    from reaper import delegation
     d = delegation.check(h, h.dir_of)
     if not d.systemd:
         return Placement(h, own, path="own cgroup", why=f"no systemd runs: {d.by}", delegation=d)

@@ -286,8 +286,8 @@ class Registration:
         self.lock_fd = None
         self.identity = None
         try:
-            candidates = [name] if explicit else [name] + [f"{name}-{n}" for n in range(2, 1000)]
-            for candidate in candidates:
+            for n in range(1, 2 if explicit else 1000):     # NAME, NAME-2, ... made one at a time
+                candidate = name if n == 1 else f"{name}-{n}"
                 try:
                     self.lock_fd = _claim_name(self.dir_fd, candidate)
                 except OSError as e:

@@ -52,11 +52,23 @@ def proc_usable():
 
 
 def _read(path):
+    """The whole file, or None.  os.open/os.read: four system calls per file where
+    a buffered file object makes seven, for each process in every round."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _stat(pid):

@@ -175,10 +175,12 @@ def test_no_systemd_costs_no_import_and_keeps_todays_placement(sandbox):
     code, _, err = sandbox.run("exec", "-v", "--", "true", env=dict(sandbox.env, PYTHONPROFILEIMPORTTIME="1"))
     assert code == 0, err
     imported = {line.split("|")[-1].strip() for line in err.decode().splitlines() if line.startswith("import time:")}
-    assert "reaper.delegation" in imported
+    assert "reaper.delegation" not in imported     # one stat(2) said no systemd runs
     assert not {"reaper.systemd", "reaper.notify", "jeepney", "socket"} & imported
     assert f"containment: cgroup: {sandbox.path}/reaper.".encode() in err
     assert b"job cgroups:" not in err      # no systemd, no transient scope, no leaf
+    from reaper import containment, delegation
+    assert containment.SYSTEMD_BOOTED == delegation.BOOTED
 
 
 def test_doctor_without_systemd_says_so(sandbox):

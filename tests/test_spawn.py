@@ -13,6 +13,7 @@ cgroup.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -103,6 +104,34 @@ def test_the_fork_fallback_joins_before_exec_and_still_gives_a_pidfd(sandbox, bu
     assert r["status"] == 0
     assert r["pidfd"] >= 0 and r["pidfd_readable"] is True and r["pidfd_inheritable"] is False
     assert cgroup_of_job(tmp_path).endswith("/job")
+
+
+@pytest.mark.parametrize("into_cgroup", [True, False], ids=["cgroup", "pgroup"])
+def test_the_extension_runs_no_python_in_the_child(sandbox, built, job, tmp_path, into_cgroup):
+    """reaper._linux.spawn (CLONE_VM | CLONE_VFORK): no at-fork hook runs in the child, and the
+    child's set-up is the Python child's: own session, reset signals at default, other ignored
+    signals still ignored (nohup), nothing blocked."""
+    out, hook = tmp_path / "status", tmp_path / "hook"
+    spec = {"argv": ["sh", "-c", f"cat /proc/self/stat /proc/self/status /proc/self/cgroup > {out}"],
+            "pidfd": True,
+            "job": job if into_cgroup else None, "hook_file": str(hook),
+            "ignore": [signal.SIGPIPE, signal.SIGUSR2], "reset": [signal.SIGPIPE]}
+    r = run_spawner(sandbox, spec, pythonpath=built)
+    assert r["status"] == 0, r
+    assert not hook.exists()
+    text = out.read_text()
+    first = text.splitlines()[0]        # cat's /proc/self/stat
+    stat = first[first.rfind(")") + 2:].split()
+    assert int(stat[3]) == r["pid"]     # session: the job's own
+    fields = dict(line.split(":\t") for line in text.splitlines()[1:] if ":\t" in line)
+    ignored = int(fields["SigIgn"], 16)
+    assert ignored & (1 << (signal.SIGUSR2 - 1)) and not ignored & (1 << (signal.SIGPIPE - 1))
+    assert int(fields["SigBlk"], 16) == 0
+    v2 = [line for line in text.splitlines() if line.startswith("0::")]
+    assert v2[0].endswith(f"/{os.path.basename(sandbox.path)}/job") == into_cgroup
+    # The Python child (the fork fallback) does run the hook: the test can tell them apart.
+    r = run_spawner(sandbox, dict(spec, job=None), pythonpath=built, REAPER_NO_CLONE3="1")
+    assert r["status"] == 0 and hook.exists()
 
 
 def test_path_search_follows_execvp(sandbox, tmp_path):

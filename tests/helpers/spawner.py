@@ -2,7 +2,9 @@
 
 usage: spawner.py SPEC_JSON
 SPEC: {"argv": [...], "job": cgroup dir or null, "procs": bool (also pass its
-cgroup.procs, for the fork fallback), "pidfd": bool, "path": PATH or null}
+cgroup.procs, for the fork fallback), "pidfd": bool, "path": PATH or null,
+"hook_file": a file an os.register_at_fork child hook creates (Python ran in
+the child), "ignore": signals set to SIG_IGN first, "reset": reset_signals}
 
 The job writes wherever its argv says; this process waits for it (through the
 pidfd first, when there is one, before reaping it), removes nothing, and prints
@@ -13,6 +15,7 @@ pidfd first, when there is one, before reaping it), removes nothing, and prints
 import json
 import os
 import select
+import signal
 import sys
 
 from reaper import spawn
@@ -26,8 +29,13 @@ def main():
     out = {"backend": spawn.clone3_backend()}
     fd = os.open(spec["job"], os.O_RDONLY | os.O_DIRECTORY) if spec.get("job") else None
     procs = os.path.join(spec["job"], "cgroup.procs") if spec.get("procs") else None
+    if spec.get("hook_file"):
+        os.register_at_fork(after_in_child=lambda: os.close(os.open(spec["hook_file"], os.O_CREAT | os.O_WRONLY)))
+    for sig in spec.get("ignore", []):
+        signal.signal(sig, signal.SIG_IGN)
     try:
-        r = spawn.spawn(spec["argv"], cgroup_fd=fd, cgroup_procs=procs, want_pidfd=spec["pidfd"])
+        r = spawn.spawn(spec["argv"], cgroup_fd=fd, cgroup_procs=procs, want_pidfd=spec["pidfd"],
+                        reset_signals=spec.get("reset", ()))
     except ReaperError as e:
         out.update(error=str(e), code=e.code)
     else:
