@@ -72,8 +72,7 @@ class Stale(Exception):
 # -- facts about processes ----------------------------------------------------
 
 def boot_id():
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        return f.read().strip()
+    return procfs.read("/proc/sys/kernel/random/boot_id").decode().strip()
 
 
 def pidns_id(pid="self"):
@@ -106,8 +105,7 @@ def flock_holders():
     """{(major, minor, inode): set of pids} of every FLOCK in /proc/locks."""
     holders = {}
     try:
-        with open("/proc/locks", "rb") as f:
-            lines = f.read().splitlines()
+        lines = procfs.read("/proc/locks").splitlines()
     except OSError:
         return holders
     for line in lines:
@@ -373,7 +371,7 @@ class Job:
     cgroup = property(lambda self: self.entry.get("cgroup"))
     alive = property(lambda self: self.pidfd is not None)
 
-    def pin(self, holders=None, boot=None):
+    def pin(self, holders=None, boot=None, pidns=None):
         """Verify the supervisor is the one that wrote the entry; keep a pidfd to it.
 
         Raises Stale with the reason otherwise.  See the module docstring.
@@ -381,7 +379,7 @@ class Job:
         e = self.entry
         if e.get("boot_id") != (boot or boot_id()):
             raise Stale("written before the last boot")
-        if e.get("pidns") != pidns_id():
+        if e.get("pidns") != (pidns or pidns_id()):
             raise Stale("its supervisor is in another pid namespace", dead=False)
         try:
             pidfd = os.pidfd_open(self.pid)
@@ -491,6 +489,7 @@ def scan(include_stale=False, problems=None, name=None):
     jobs = []
     holders = flock_holders()
     boot = boot_id()
+    own_ns = pidns_id()
     own_uid = os.geteuid()
     for path, owner in visible_dirs():
         try:
@@ -520,7 +519,7 @@ def scan(include_stale=False, problems=None, name=None):
                         problems.append(f"{os.path.join(path, fname)}: not a valid entry; ignored")
                     continue
                 try:
-                    job.pin(holders, boot)
+                    job.pin(holders, boot, own_ns)
                 except Stale as s:
                     job.stale_reason = str(s)
                     job.stale_dead = s.dead
