@@ -47,11 +47,9 @@ dies with the supervisor.
 
 import json
 import os
-import shutil
 import socket
 import _signal
 import sys
-import tempfile
 import time
 
 from reaper.errors import EXIT_FAILURE, ReaperError
@@ -71,13 +69,21 @@ def _send(fd, obj):
 class Control:
     """The supervisor's end of one job's channel (see reaper.supervisor's `control`)."""
 
-    def __init__(self, fd):
+    def __init__(self, fd, want_stats=False):
         self.fd = fd
         self.buf = b""
         self.sup = None
+        self.want_stats = want_stats
+        self.hooks = None
 
     def started(self, sup):
         self.sup = sup
+        # Accounting as --stats-json would do it, kept in memory and sent with
+        # the end event (no file to write, read back and remove).
+        self.hooks = next((w for w in sup.watchers if hasattr(w, "accounting")), None)
+        if self.want_stats and self.hooks is not None and self.hooks.accounting is None:
+            from reaper import stats
+            self.hooks.accounting = stats.Accounting(sup.containment)
         job = getattr(sup.containment, "job", None)
         event = {"event": "started", "pid": sup.pid, "main_pid": sup.pid, "supervisor": os.getpid(),
                  "containment": sup.containment.name, "pidns": sup.before_exec is not None,
@@ -173,10 +179,9 @@ def supervise(fds):
     if got is None:
         return EXIT_FAILURE     # the caller went away before the job started
     request, rest = got
-    control = Control(chan)
+    control = Control(chan, want_stats=bool(request.get("stats")))
     control.buf = rest
     code, error, status, timed_out = EXIT_FAILURE, None, None, False
-    stats_dir = None
     try:
         if request.get("cwd") is not None:
             try:
@@ -187,9 +192,6 @@ def supervise(fds):
             os.environ.clear()
             os.environ.update(request["env"])
         args = list(request["args"])
-        if request.get("stats"):
-            stats_dir = tempfile.mkdtemp(prefix="stats.", dir=_STATS_ROOT)
-            args.insert(0, f"--stats-json={stats_dir}/stats.json")
         auto_pidns = request.get("pidns") == "auto" and _want_pidns(args)
         from reaper import cli
         try:
@@ -213,13 +215,12 @@ def supervise(fds):
     end = {"event": "end", "code": code, "status": status, "timed_out": timed_out}
     if error is not None:
         end["error"] = error
-    if stats_dir is not None:
+    hooks = control.hooks
+    if control.want_stats and hooks is not None and hooks.accounting is not None:
         try:
-            with open(os.path.join(stats_dir, "stats.json")) as f:
-                end["stats"] = json.load(f)
+            end["stats"] = hooks.accounting.result(code, hooks.first_stop, hooks.leftovers)
         except (OSError, ValueError):
             pass
-        shutil.rmtree(stats_dir, ignore_errors=True)
     # Let go of the job's stdout/stderr before saying "end", so a caller that
     # reads them sees EOF as soon as it has the result.
     null = os.open(os.devnull, os.O_RDWR)
@@ -233,13 +234,17 @@ def _preload():
     """Import what every supervisor needs once, so that forks do not pay for it
     (with PYTHONDONTWRITEBYTECODE each import would compile the module again)."""
     import importlib
-    for name in ("ctypes", "json", "shutil", "tempfile", "reaper.stats", "reaper.cli", "reaper.containment", "reaper.cgroup", "reaper.pidns",
-                 "reaper.spawn", "reaper.supervisor", "reaper.terminal", "reaper.jobhooks",
+    for name in ("json", "resource", "reaper.stats", "reaper.cli", "reaper.containment",
+                 "reaper.cgroup", "reaper.delegation", "reaper.pidns", "reaper.spawn",
+                 "reaper._linux", "reaper.supervisor", "reaper.terminal", "reaper.jobhooks",
                  "reaper.registry", "reaper.control", "reaper.tree"):
         try:
             importlib.import_module(name)
         except ImportError:
             pass        # an optional part (psutil for reaper.tree) or one this version lacks
+    from reaper import spawn
+    if spawn.clone3_backend() == "ctypes":
+        importlib.import_module("ctypes")       # no extension built: clone3 through ctypes
 
 
 def _recv_fds(sock):
@@ -255,25 +260,8 @@ def _recv_fds(sock):
     return msg, fds
 
 
-_STATS_ROOT = None      # the server's own directory for --stats-json files (supervise())
-
-
 def serve(ctl_fd):
-    """The server loop: one fork per request, until the caller closes the control socket.
-
-    Each supervisor removes its stats file's directory when it reports the
-    end; one that was SIGKILLed cannot, so they all live in a directory of the
-    server's, removed when the server ends.
-    """
-    global _STATS_ROOT
-    _STATS_ROOT = tempfile.mkdtemp(prefix="reaper-forkserver.")
-    try:
-        return _serve(ctl_fd)
-    finally:
-        shutil.rmtree(_STATS_ROOT, ignore_errors=True)
-
-
-def _serve(ctl_fd):
+    """The server loop: one fork per request, until the caller closes the control socket."""
     ctl = socket.socket(fileno=ctl_fd)
     _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)    # supervisors are reaped by the kernel
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)     # a Ctrl-C is for the caller
