@@ -8,11 +8,19 @@ the test suite runs.
 The first reaper.run() of a process starts the API's fork server (a Python
 interpreter start); it is timed once on its own (`first_call_ms`) and excluded
 from the rounds, since every later call reuses the server.  Each reaper.run()
-still forks a supervisor from the server, which makes the job's cgroup, starts
-`true` (clone3 into the cgroup), reaps it, removes the cgroup and reports over
-the channel; `phases` splits a call into "until the job runs" (Job()) and
-"until it is collected" (wait()), and `fork_floor` is a bare fork + exit +
+hands the job to the server's spare supervisor (forked ahead of the request),
+which claims the job's name in the registry, makes the job's cgroup, starts
+`true` (clone3 CLONE_VM|CLONE_VFORK into the cgroup), reaps it, reads the
+cgroup's counters, removes the cgroup and the registry entry, reports over the
+channel and exits; `phases` splits a call into "until the job runs" (Job())
+and "until it is collected" (wait()), and `fork_floor` is a bare fork + exit +
 waitpid of the driver (a Python process of similar size) for scale.
+
+`cpu_ms`: CPU time per call of everything involved (caller, fork server,
+supervisors, job), from the usage_usec of the driver's own cgroup (cpu.stat,
+hierarchical), summed over the command's calls and divided by their number.
+Wall time on this shared machine follows the load; CPU time much less, so both
+are reported.
 
 Variants: `reaper-run` (default: a cgroup where writable, accounting on) and
 `reaper-run-pgroup` (containment="pgroup", which the API pairs with a pid
@@ -78,15 +86,19 @@ def api(bench):
                                 containment="pgroup", pidns=False)),
             ("fork-floor", "os.fork() + _exit + waitpid (driver)", fork_exit)]
     times = {key: [] for key, _, _ in cmds}
+    cpu = {key: 0 for key, _, _ in cmds}
+    usage = _cgroup_usage()
     phases = {"start": [], "collect": []}
     for r in range(warmup + rounds):
         k = r % len(cmds)
         for key, _, fn in cmds[k:] + cmds[:k]:
+            u0 = usage()
             t0 = time.perf_counter_ns()
             fn()
             t1 = time.perf_counter_ns()
             if r >= warmup:
                 times[key].append((t1 - t0) / 1e6)
+                cpu[key] += usage() - u0
         t0 = time.perf_counter_ns()
         job = reaper.Job([true], stdin=devnull, stdout=devnull)
         t1 = time.perf_counter_ns()
@@ -101,8 +113,28 @@ def api(bench):
     for key, label, _ in cmds:
         s = _summary(times[key])
         s.update(label=label, x_subprocess=ratio(s["median"], base))
+        if cpu["subprocess"] > 0:
+            s.update(cpu_ms=round(cpu[key] / 1000 / rounds, 3),
+                     cpu_x_subprocess=ratio(cpu[key], cpu["subprocess"]))
         res["commands"][key] = s
     return res
+
+
+def _cgroup_usage():
+    """usage_usec of this process's cgroup v2 (0 where it cannot be read)."""
+    try:
+        from benchlib import own_cgroup_dir
+        path = os.path.join(own_cgroup_dir(), "cpu.stat")
+    except Exception:
+        return lambda: 0
+
+    def usage():
+        try:
+            with open(path) as f:
+                return int(f.readline().split()[1])
+        except (OSError, ValueError, IndexError):
+            return 0
+    return usage
 
 
 def targets(metric, add):
@@ -118,11 +150,14 @@ def targets(metric, add):
 def markdown(metric):
     lines = [f"Python API (median of {metric['rounds']} interleaved calls; the first call, "
              f"which starts the fork server, took {metric['first_call_ms']:.1f} ms):", "",
-             "| call | ms | ×subprocess |", "|---|---|---|"]
+             "| call | wall ms | ×subprocess | CPU ms (all processes) | ×subprocess |",
+             "|---|---|---|---|---|"]
     for key, c in metric["commands"].items():
-        lines.append(f"| `{c['label']}` | {c['median']:.2f} | {c['x_subprocess']:.2f}× |")
+        cpu = (f"{c['cpu_ms']:.2f} | {c['cpu_x_subprocess']:.2f}×" if c.get("cpu_ms") is not None
+               else "— | —")
+        lines.append(f"| `{c['label']}` | {c['median']:.2f} | {c['x_subprocess']:.2f}× | {cpu} |")
     ph = metric["phases"]
-    lines.append(f"| (phase) `reaper.Job(['true'])` until it runs | {ph['start']['median']:.2f} | |")
-    lines.append(f"| (phase) `job.wait()` until collected | {ph['collect']['median']:.2f} | |")
+    lines.append(f"| (phase) `reaper.Job(['true'])` until it runs | {ph['start']['median']:.2f} | | | |")
+    lines.append(f"| (phase) `job.wait()` until collected | {ph['collect']['median']:.2f} | | | |")
     lines.append("")
     return lines

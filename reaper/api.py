@@ -322,6 +322,9 @@ def _seconds(value: Any, what: str, allow_none: bool = True) -> Optional[float]:
     return float(value)
 
 
+_VALID_SIGNALS = frozenset(int(s) for s in _signal.valid_signals())
+
+
 def _signum(value: Any, what: str) -> int:
     if isinstance(value, str):
         from reaper.cli import parse_signal
@@ -329,7 +332,7 @@ def _signum(value: Any, what: str) -> int:
             return int(parse_signal(value, what))
         except ReaperError as e:
             raise UsageError(str(e)) from None
-    if isinstance(value, bool) or not isinstance(value, int) or value not in _signal.valid_signals():
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _VALID_SIGNALS:
         raise UsageError(f"{what}: unknown signal {value!r}")
     return int(value)
 

@@ -14,7 +14,10 @@ machine, against ~3.5 ms for subprocess.run(["true"]).  Instead the caller
 starts this module once (posix_spawn-like, via subprocess: no preexec_fn), a
 single-threaded server with reaper's modules already imported, and for each
 job the server fork()s a supervisor (forking is safe here: the server has one
-thread and no locks held).  The caller never forks.
+thread and no locks held).  The caller never forks.  The fork happens ahead of
+the request: a *spare* supervisor waits for the next job's descriptors, and
+the server forks the next spare once it has handed a job over, so a run does
+not wait for a fork.
 
 Protocol.  Per job the caller makes a socketpair (the *channel*) and sends the
 server one datagram over the control socket, carrying four descriptors by
@@ -47,11 +50,9 @@ dies with the supervisor.
 
 import json
 import os
-import shutil
 import socket
 import _signal
 import sys
-import tempfile
 import time
 
 from reaper.errors import EXIT_FAILURE, ReaperError
@@ -71,13 +72,21 @@ def _send(fd, obj):
 class Control:
     """The supervisor's end of one job's channel (see reaper.supervisor's `control`)."""
 
-    def __init__(self, fd):
+    def __init__(self, fd, want_stats=False):
         self.fd = fd
         self.buf = b""
         self.sup = None
+        self.want_stats = want_stats
+        self.hooks = None
 
     def started(self, sup):
         self.sup = sup
+        # Accounting as --stats-json would do it, kept in memory and sent with
+        # the end event (no file to write, read back and remove).
+        self.hooks = next((w for w in sup.watchers if hasattr(w, "accounting")), None)
+        if self.want_stats and self.hooks is not None and self.hooks.accounting is None:
+            from reaper import stats
+            self.hooks.accounting = stats.Accounting(sup.containment)
         job = getattr(sup.containment, "job", None)
         event = {"event": "started", "pid": sup.pid, "main_pid": sup.pid, "supervisor": os.getpid(),
                  "containment": sup.containment.name, "pidns": sup.before_exec is not None,
@@ -149,13 +158,32 @@ def _read_request(fd):
     return json.loads(line), rest
 
 
-def _want_pidns(args):
-    """API default: --pidns where no cgroup can be written (the job must die with us)."""
-    from reaper import containment
-    if "--containment=pgroup" in args:
-        return True
-    _, _, problem = containment.probe()
-    return problem is not None
+_CGROUP_OK = False      # the server found at start that job cgroups can be made (_preload)
+
+
+def _attempts(args, pidns_auto):
+    """The `reaper exec` argument lists to try in turn.  The API's default (pidns
+    "auto") needs the job to die with its supervisor: a job cgroup, else a pid
+    namespace.  Where the server found cgroups usable, the cgroup is asked for
+    explicitly, so that should it have stopped being usable the attempt fails
+    before the job starts and the next one takes a pid namespace; this spares each
+    run a probe of its own.  Last, neither (no namespaces here either): the job
+    runs as `reaper exec` would run it, and the started event says so."""
+    if not pidns_auto:
+        return [args]
+    if _CGROUP_OK and "--containment=auto" in args:
+        i = args.index("--containment=auto")
+        return [args[:i] + ["--containment=cgroup"] + args[i + 1:], ["--pidns"] + args, args]
+    return [["--pidns"] + args, args]
+
+
+def _set_environ(env):
+    """os.environ = env, touching only what differs (the caller's is usually the same)."""
+    for key in [k for k in os.environ if k not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def supervise(fds):
@@ -173,10 +201,9 @@ def supervise(fds):
     if got is None:
         return EXIT_FAILURE     # the caller went away before the job started
     request, rest = got
-    control = Control(chan)
+    control = Control(chan, want_stats=bool(request.get("stats")))
     control.buf = rest
     code, error, status, timed_out = EXIT_FAILURE, None, None, False
-    stats_dir = None
     try:
         if request.get("cwd") is not None:
             try:
@@ -184,22 +211,18 @@ def supervise(fds):
             except OSError as e:
                 raise ReaperError(f"cwd {request['cwd']!r}: {e.strerror}")
         if request.get("env") is not None:
-            os.environ.clear()
-            os.environ.update(request["env"])
-        args = list(request["args"])
-        if request.get("stats"):
-            stats_dir = tempfile.mkdtemp(prefix="stats.", dir=_STATS_ROOT)
-            args.insert(0, f"--stats-json={stats_dir}/stats.json")
-        auto_pidns = request.get("pidns") == "auto" and _want_pidns(args)
+            _set_environ(request["env"])
         from reaper import cli
-        try:
-            code = cli.cmd_exec((["--pidns"] if auto_pidns else []) + args, control=control)
-        except ReaperError as e:
-            if not (auto_pidns and control.sup is None and str(e).startswith("--pidns")):
-                raise
-            # No pid namespace here (user namespaces off, seccomp): the job runs
-            # without one, as `reaper exec` would; the started event says so.
-            code = cli.cmd_exec(args, control=control)
+        attempts = _attempts(list(request["args"]), request.get("pidns") == "auto")
+        for n, args in enumerate(attempts, 1):
+            try:
+                code = cli.cmd_exec(args, control=control)
+                break
+            except ReaperError as e:
+                # Only a containment that cannot be had, before the job started.
+                if n == len(attempts) or control.sup is not None or \
+                        not str(e).startswith(("--pidns", "--containment cgroup")):
+                    raise
     except ReaperError as e:
         code, error = e.code, str(e)
     except OSError as e:
@@ -213,13 +236,12 @@ def supervise(fds):
     end = {"event": "end", "code": code, "status": status, "timed_out": timed_out}
     if error is not None:
         end["error"] = error
-    if stats_dir is not None:
+    hooks = control.hooks
+    if control.want_stats and hooks is not None and hooks.accounting is not None:
         try:
-            with open(os.path.join(stats_dir, "stats.json")) as f:
-                end["stats"] = json.load(f)
+            end["stats"] = hooks.accounting.result(code, hooks.first_stop, hooks.leftovers)
         except (OSError, ValueError):
             pass
-        shutil.rmtree(stats_dir, ignore_errors=True)
     # Let go of the job's stdout/stderr before saying "end", so a caller that
     # reads them sees EOF as soon as it has the result.
     null = os.open(os.devnull, os.O_RDWR)
@@ -233,13 +255,17 @@ def _preload():
     """Import what every supervisor needs once, so that forks do not pay for it
     (with PYTHONDONTWRITEBYTECODE each import would compile the module again)."""
     import importlib
-    for name in ("ctypes", "json", "shutil", "tempfile", "reaper.stats", "reaper.cli", "reaper.containment", "reaper.cgroup", "reaper.pidns",
-                 "reaper.spawn", "reaper.supervisor", "reaper.terminal", "reaper.jobhooks",
+    for name in ("json", "resource", "reaper.stats", "reaper.cli", "reaper.containment",
+                 "reaper.cgroup", "reaper.delegation", "reaper.pidns", "reaper.spawn",
+                 "reaper._linux", "reaper.supervisor", "reaper.terminal", "reaper.jobhooks",
                  "reaper.registry", "reaper.control", "reaper.tree"):
         try:
             importlib.import_module(name)
         except ImportError:
             pass        # an optional part (psutil for reaper.tree) or one this version lacks
+    from reaper import spawn
+    if spawn.clone3_backend() == "ctypes":
+        importlib.import_module("ctypes")       # no extension built: clone3 through ctypes
 
 
 def _recv_fds(sock):
@@ -255,29 +281,77 @@ def _recv_fds(sock):
     return msg, fds
 
 
-_STATS_ROOT = None      # the server's own directory for --stats-json files (supervise())
+def _become_supervisor(fds):
+    """In a fork of the server: supervise one job, then exit (never returns)."""
+    status = EXIT_FAILURE
+    try:
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        status = supervise(fds)
+    finally:
+        os._exit(status)
+
+
+SPARE_COMM = "reaper-spare"     # a spare's name in /proc/PID/comm (reaper.pytest knows it)
+_COMM = None                    # the server's own, which a spare takes back with a job
+
+
+def _set_comm(name):
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name)
+    except (OSError, TypeError):
+        pass
+
+
+def _fork_spare(ctl):
+    """Fork the next job's supervisor ahead of its request: the fork (page tables of a
+    Python process, ~1-3 ms) is then off the caller's critical path.  The spare waits
+    on a socket of its own for the job's descriptors and exits at EOF (the server has
+    gone).  Returns the server's end of that socket, or None if the fork failed."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        pid = os.fork()
+    except OSError:
+        mine.close()
+        theirs.close()
+        return None
+    if pid == 0:
+        try:
+            ctl.close()
+            mine.close()
+            _set_comm(SPARE_COMM)
+            msg, fds = _recv_fds(theirs)
+            theirs.close()
+            _set_comm(_COMM)
+        except BaseException:
+            os._exit(EXIT_FAILURE)
+        if not msg or len(fds) != 4:
+            os._exit(EXIT_FAILURE)
+        _become_supervisor(fds)
+    theirs.close()
+    return mine
 
 
 def serve(ctl_fd):
-    """The server loop: one fork per request, until the caller closes the control socket.
-
-    Each supervisor removes its stats file's directory when it reports the
-    end; one that was SIGKILLed cannot, so they all live in a directory of the
-    server's, removed when the server ends.
-    """
-    global _STATS_ROOT
-    _STATS_ROOT = tempfile.mkdtemp(prefix="reaper-forkserver.")
-    try:
-        return _serve(ctl_fd)
-    finally:
-        shutil.rmtree(_STATS_ROOT, ignore_errors=True)
-
-
-def _serve(ctl_fd):
+    """The server loop: hand each request to the spare supervisor, fork the next spare;
+    until the caller closes the control socket."""
     ctl = socket.socket(fileno=ctl_fd)
     _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)    # supervisors are reaped by the kernel
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)     # a Ctrl-C is for the caller
     _preload()
+    global _CGROUP_OK, _COMM
+    try:
+        with open("/proc/self/comm") as f:
+            _COMM = f.read().strip()
+    except OSError:
+        pass
+    try:
+        from reaper import containment
+        _CGROUP_OK = containment.probe().problem is None
+    except Exception:
+        _CGROUP_OK = False
+    spare = _fork_spare(ctl)
     while True:
         try:
             msg, fds = _recv_fds(ctl)
@@ -288,29 +362,34 @@ def _serve(ctl_fd):
         if not msg:
             for fd in fds:
                 os.close(fd)
-            return 0    # the caller has gone
+            return 0    # the caller has gone (a spare exits when `spare` closes)
         if len(fds) != 4:
             for fd in fds:
                 os.close(fd)
             continue
-        try:
-            pid = os.fork()
-        except OSError:
-            pid = None
-        if pid == 0:
-            status = EXIT_FAILURE
+        handed = False
+        if spare is not None:
             try:
+                socket.send_fds(spare, [b"job"], fds)
+                handed = True
+            except OSError:
+                pass        # the spare died: fork one for this job instead
+            spare.close()
+            spare = None
+        if not handed:
+            try:
+                pid = os.fork()
+            except OSError:
+                pid = None
+            if pid == 0:
                 ctl.close()
-                _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-                _signal.signal(_signal.SIGINT, _signal.default_int_handler)
-                status = supervise(fds)
-            finally:
-                os._exit(status)
-        if pid is None:
-            _send(fds[0], {"event": "end", "code": EXIT_FAILURE, "status": None,
-                           "timed_out": False, "error": "the fork server cannot fork"})
+                _become_supervisor(fds)
+            if pid is None:
+                _send(fds[0], {"event": "end", "code": EXIT_FAILURE, "status": None,
+                               "timed_out": False, "error": "the fork server cannot fork"})
         for fd in fds:
             os.close(fd)
+        spare = _fork_spare(ctl)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ Unix sockets always come from the fd scan and /proc/net/unix.
 
 import os
 
+from reaper.procfs import read
+
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -38,12 +40,8 @@ TCP_STATES = {1: "ESTABLISHED", 2: "SYN-SENT", 3: "SYN-RECV", 4: "FIN-WAIT-1", 5
 def read_process(pid, argv=True):
     """A dict describing pid from /proc, or None if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        cmdline = b""
-        if argv:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
+        data = read(f"/proc/{pid}/stat")
+        cmdline = read(f"/proc/{pid}/cmdline") if argv else b""
     except OSError:
         return None
     comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
@@ -56,23 +54,34 @@ def read_process(pid, argv=True):
 
 
 def cgroup_pids(path):
-    pids = []
-    for root, _, files in os.walk(path):
-        if "cgroup.procs" in files:
-            try:
-                with open(os.path.join(root, "cgroup.procs")) as f:
-                    pids += [int(x) for x in f.read().split()]
-            except OSError:
-                pass
+    """The pids in the cgroup at `path` and in every cgroup below it."""
+    try:
+        pids = [int(x) for x in read(path + "/cgroup.procs").split()]
+    except OSError:
+        pids = []
+    try:
+        with os.scandir(path) as entries:
+            subdirs = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return pids
+    for sub in subdirs:
+        pids += cgroup_pids(sub)
     return pids
 
 
 def cgroup_matches(job):
-    """Is the entry's cgroup path still the directory it recorded?"""
-    try:
-        return os.stat(job.cgroup).st_ino == job.entry.get("cgroup_ino")
-    except (OSError, TypeError):
-        return False
+    """Is the entry's cgroup path still the directory it recorded?  (Asked once per job object.)"""
+    known = getattr(job, "cgroup_ok", None)
+    if known is None:
+        try:
+            known = os.stat(job.cgroup).st_ino == job.entry.get("cgroup_ino")
+        except (OSError, TypeError):
+            known = False
+        try:
+            job.cgroup_ok = known
+        except AttributeError:
+            pass
+    return known
 
 
 def children_map():
@@ -82,8 +91,7 @@ def children_map():
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
+            data = read(f"/proc/{entry}/stat")
             ppid = int(data[data.rindex(b")") + 2:].split(None, 2)[1])
         except (OSError, ValueError, IndexError):
             continue

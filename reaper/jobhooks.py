@@ -9,8 +9,9 @@ it calls these hooks at four points of its life:
 The CLI calls close() after the supervisor returned, and report(code) for --stats.
 
 Costs on the exec path, measured in bench/ (metric `registry`): the name claim
-(one open + flock), one small file written by rename (twice: before the start,
-then with the main pid), one socket autobound; no module beyond `_socket` and
+(one open + flock), one small file written before the start (the registry must
+be writable) and written again with the main pid and renamed into place, one
+socket autobound; no module beyond `_socket` and
 `fcntl` is imported unless --stats asks.
 `REAPER_NO_REGISTRY=1` switches registration off (the bench's "before").
 """
@@ -77,7 +78,7 @@ class ExecHooks:
     # -- called by the CLI once the containment exists, before the job starts --
 
     def prepare(self, containment, grace_s):
-        """Bind the control socket and publish the entry (main pid still unknown).
+        """Bind the control socket and write the entry, unpublished (main pid still unknown).
 
         Done before the job starts so that a registry that cannot be written
         (read-only, full, removed) fails a named job before it runs; an
@@ -100,7 +101,7 @@ class ExecHooks:
                        "ctl": self.listener.name if self.listener else None, "cwd": _cwd(),
                        "grace_s": grace_s}
         try:
-            reg.publish(self.fields)
+            reg.publish(self.fields, final=False)
         except (ReaperError, OSError) as e:
             self.close()
             _unregistered(e, self.name, self.explicit, self.log)
@@ -125,9 +126,7 @@ class ExecHooks:
         try:
             reg.publish(self.fields)
         except (ReaperError, OSError) as e:
-            # The entry without the main pid stays: the job is still found and stopped.
-            os.write(2, f"reaper: warning: cannot record the main pid in the registry ({e})\n"
-                     .encode(errors="replace"))
+            os.write(2, f"reaper: warning: running unregistered ({e})\n".encode(errors="replace"))
             return
         self.log(f"registered as {reg.name!r} in {reg.path}")
 

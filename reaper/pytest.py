@@ -39,7 +39,7 @@ import os
 import select
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 import pytest
 
@@ -132,11 +132,19 @@ class CgroupJobs:
         return leaked
 
     def _rescue_api_server(self, path: str) -> None:
-        """reaper's own fork server (reaper.api) outlives tests by design: keep it in the runner."""
+        """reaper's own fork server (reaper.api) outlives tests by design: keep it, and
+        its idle spare supervisor, in the runner."""
         pid = _api_server_pid()
-        if pid is None or pid not in _cgroup_pids(path):
+        if pid is None:
             return
-        _write(os.path.join(self.runner, "cgroup.procs"), str(pid))
+        try:
+            from reaper.procfs import read
+            here = [int(p) for p in read(os.path.join(path, "cgroup.procs")).split()]
+        except OSError:
+            return
+        for p in [pid] + _api_spares(pid, here):
+            if p in here:
+                _write(os.path.join(self.runner, "cgroup.procs"), str(p))
 
     def close(self) -> None:
         from reaper import cgroup
@@ -167,8 +175,10 @@ class TreeJobs:
 
     def leave(self) -> List[Tuple[int, str]]:
         server = _api_server_pid()
-        new = [key for key in _descendants(os.getpid())
-               if key not in self.before and key[0] != server]
+        new = [key for key in _descendants(os.getpid()) if key not in self.before and key[0] != server]
+        if server is not None:
+            spares = _api_spares(server, [pid for pid, _ in new])
+            new = [key for key in new if key[0] not in spares]
         _reap_zombies()
         # reaper.api's supervisors (children of its fork server) are not leaks
         # themselves; their jobs are.  Killing the job lets the supervisor collect
@@ -197,6 +207,21 @@ def _api_server_pid() -> Optional[int]:
     if proc is None or getattr(server, "owner", None) != os.getpid():
         return None
     return int(proc.pid)
+
+
+def _api_spares(server: int, pids: Iterable[int]) -> List[int]:
+    """Those of `pids` that are the fork server's idle spare supervisor
+    (reaper.forkserver names it in /proc/PID/comm)."""
+    from reaper.forkserver import SPARE_COMM
+    from reaper.procfs import read
+    spares = []
+    for pid in pids:
+        try:
+            if _ppid(pid) == server and read(f"/proc/{pid}/comm").strip() == SPARE_COMM.encode():
+                spares.append(pid)
+        except OSError:
+            pass
+    return spares
 
 
 def _signal_pinned(procs: List[Tuple[int, int]], signals: Tuple[str, ...]) -> bool:

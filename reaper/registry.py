@@ -15,8 +15,9 @@ Per job, two files named after the job:
   name, so two live jobs never share one.  A claim is re-checked after locking
   (the path must still name the locked inode), because a stale lock file may be
   unlinked concurrently by `reaper gc`, which unlinks only while holding it.
-- `NAME.json`: the entry, written once the job has started (temporary file +
-  rename(2), so readers see a whole entry or none).  JSON is produced here
+- `NAME.json`: the entry, written once the job has started (temporary file
+  `NAME.json.tmp` + rename(2), so readers see a whole entry or none), and never
+  replaced or truncated: see Registration.publish.  JSON is produced here
   and read with `_json`'s scanner: `json` imports and compiles `re` (~7 ms).
 The entry names the supervisor's control socket, an abstract unix socket
 (reaper.control), so no socket file lives here.
@@ -47,6 +48,7 @@ from reaper import procfs
 from reaper.errors import EXIT_FAILURE, EXIT_NO_JOB, ReaperError
 
 ENTRY_SUFFIX = ".json"
+TMP_SUFFIX = ".tmp"
 LOCK_SUFFIX = ".lock"
 VERSION = 1
 MAX_ENTRY_BYTES = 1 << 20
@@ -72,8 +74,7 @@ class Stale(Exception):
 # -- facts about processes ----------------------------------------------------
 
 def boot_id():
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        return f.read().strip()
+    return procfs.read("/proc/sys/kernel/random/boot_id").decode().strip()
 
 
 def pidns_id(pid="self"):
@@ -106,8 +107,7 @@ def flock_holders():
     """{(major, minor, inode): set of pids} of every FLOCK in /proc/locks."""
     holders = {}
     try:
-        with open("/proc/locks", "rb") as f:
-            lines = f.read().splitlines()
+        lines = procfs.read("/proc/locks").splitlines()
     except OSError:
         return holders
     for line in lines:
@@ -304,8 +304,19 @@ class Registration:
             os.close(self.dir_fd)
             raise
 
-    def publish(self, fields):
-        """Write NAME.json atomically; `fields` come from the supervisor once the job runs."""
+    def publish(self, fields, final=True):
+        """Write the entry to NAME.json.tmp; with `final`, rename it to NAME.json.
+
+        Before the job starts the supervisor only writes it (final=False), so that
+        a registry that cannot be written fails a named job before it runs; once
+        the job runs it writes the whole entry afresh and renames it into place.
+        NAME.json is never renamed over nor truncated: ext4 (auto_da_alloc, the
+        default) starts writeback of a file renamed over another or truncated and
+        rewritten, and unlinking it at the end then waits for the disk -- measured
+        with /run on ext4: unlink 3.6 ms median, up to 340 ms under load, against
+        0.01 ms.  The temporary name needs no pid: the name lock makes its holder
+        the only writer.
+        """
         me = os.getpid()
         if self.identity is None:       # once: the second publish only adds the main pid
             self.identity = {"version": VERSION, "name": self.name, "uid": os.geteuid(), "pid": me,
@@ -314,9 +325,10 @@ class Registration:
         entry = dict(self.identity)
         entry.update(fields)
         data = _encode(entry).encode() + b"\n"
-        tmp = f"{self.name}{ENTRY_SUFFIX}.{me}.tmp"
+        tmp = self.name + ENTRY_SUFFIX + TMP_SUFFIX
+        _unlink_quiet(self.dir_fd, tmp)     # a new file each time, never a truncated one
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600, dir_fd=self.dir_fd)
         except OSError as e:
             raise ReaperError(f"cannot write to registry {self.path}: {e.strerror}")
@@ -329,6 +341,8 @@ class Registration:
             _unlink_quiet(self.dir_fd, tmp)
             raise ReaperError(f"cannot write to registry {self.path}: {e.strerror}")
         os.close(fd)
+        if not final:
+            return
         try:
             os.rename(tmp, self.name + ENTRY_SUFFIX, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         except OSError as e:
@@ -340,6 +354,7 @@ class Registration:
         if self.dir_fd is None:
             return
         _unlink_quiet(self.dir_fd, self.name + ENTRY_SUFFIX)
+        _unlink_quiet(self.dir_fd, self.name + ENTRY_SUFFIX + TMP_SUFFIX)
         _unlink_quiet(self.dir_fd, self.name + LOCK_SUFFIX)
         os.close(self.lock_fd)
         os.close(self.dir_fd)
@@ -373,7 +388,7 @@ class Job:
     cgroup = property(lambda self: self.entry.get("cgroup"))
     alive = property(lambda self: self.pidfd is not None)
 
-    def pin(self, holders=None, boot=None):
+    def pin(self, holders=None, boot=None, pidns=None):
         """Verify the supervisor is the one that wrote the entry; keep a pidfd to it.
 
         Raises Stale with the reason otherwise.  See the module docstring.
@@ -381,7 +396,7 @@ class Job:
         e = self.entry
         if e.get("boot_id") != (boot or boot_id()):
             raise Stale("written before the last boot")
-        if e.get("pidns") != pidns_id():
+        if e.get("pidns") != (pidns or pidns_id()):
             raise Stale("its supervisor is in another pid namespace", dead=False)
         try:
             pidfd = os.pidfd_open(self.pid)
@@ -491,6 +506,7 @@ def scan(include_stale=False, problems=None, name=None):
     jobs = []
     holders = flock_holders()
     boot = boot_id()
+    own_ns = pidns_id()
     own_uid = os.geteuid()
     for path, owner in visible_dirs():
         try:
@@ -520,7 +536,7 @@ def scan(include_stale=False, problems=None, name=None):
                         problems.append(f"{os.path.join(path, fname)}: not a valid entry; ignored")
                     continue
                 try:
-                    job.pin(holders, boot)
+                    job.pin(holders, boot, own_ns)
                 except Stale as s:
                     job.stale_reason = str(s)
                     job.stale_dead = s.dead
@@ -570,6 +586,7 @@ def remove_stale(job):
                     return False    # someone holds the name again (a new job): leave it
             _unlink_quiet(dir_fd, name + ENTRY_SUFFIX)
             if fd is not None:
+                _unlink_quiet(dir_fd, name + ENTRY_SUFFIX + TMP_SUFFIX)
                 _unlink_quiet(dir_fd, name + LOCK_SUFFIX)
         finally:
             if fd is not None:

@@ -21,6 +21,8 @@ before its cgroup is removed (reaper.jobhooks.collected).  `live()` serves
 import os
 import time
 
+from reaper.procfs import read
+
 CG_SOURCE = "cgroup"
 RUSAGE_SOURCE = "rusage"
 
@@ -28,19 +30,20 @@ RUSAGE_SOURCE = "rusage"
 def read_keyed(path):
     """A flat-keyed cgroup file ("key value" lines) as a dict; {} if absent."""
     try:
-        with open(path) as f:
-            return {k: int(v) for k, v in (line.split() for line in f if line.strip())}
+        words = read(path).split()
+        if len(words) % 2:
+            return {}
+        return {words[i].decode(): int(words[i + 1]) for i in range(0, len(words) - 1, 2)}
     except (OSError, ValueError):
         return {}
 
 
 def read_int(path):
     try:
-        with open(path) as f:
-            text = f.read().strip()
+        text = read(path).strip()
     except OSError:
         return None
-    return None if text == "max" else int(text)
+    return None if text == b"max" else int(text)
 
 
 def read_cgroup(path, brief=False):
