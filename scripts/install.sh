@@ -46,6 +46,12 @@ if "$pip" show -q reaper >/dev/null 2>&1 && ! "$pip" show -q process-reaper >/de
 fi
 "$pip" install -q --disable-pip-version-check --use-pep517 ".$extra"
 sed -i "1s|^#!.*|#!$venv/bin/python3 -IS|" "$venv/bin/reaper"
+# The container entrypoint (scripts/reaper-entrypoint.c: no lost stop signal
+# while Python starts as PID 1), static where libc.a is (no dynamic loader
+# before main), else dynamic.
+entry="$venv/bin/reaper-entrypoint"
+gcc -O2 -Wall -s -static -DVENV="\"$venv\"" -o "$entry" scripts/reaper-entrypoint.c 2>/dev/null \
+    || gcc -O2 -Wall -s -DVENV="\"$venv\"" -o "$entry" scripts/reaper-entrypoint.c
 mkdir -p "$bindir"
 ln -sfn "$venv/bin/reaper" "$bindir/reaper"
 echo "reaper installed: $venv/bin/reaper, linked from $bindir/reaper" >&2

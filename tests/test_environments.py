@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -85,6 +86,43 @@ def test_pid1_reaps_orphans_that_entered_the_namespace_from_outside(sandbox):
     assert _no_zombie_soon(init)
     init.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+    sandbox.assert_empty()
+
+
+def test_pid1_takes_a_stop_signal_that_waited_blocked_since_before_python_started(sandbox):
+    """What scripts/reaper-entrypoint.c arranges for a container's PID 1.
+
+    It blocks the stop signals before it execs the launcher, so a `docker
+    stop` right after `docker run` waits instead of being discarded by the
+    kernel.  reaper.early must then take it and unblock: TERM sent the moment
+    PID 1 exists still stops the job (the job may not have its own handler
+    yet: 143, or 42 if it has), and the job inherits no blocked signal.
+    """
+    block = lambda: signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])   # noqa: E731
+    proc = sandbox.spawn(container(*reaper_argv("exec", "--", *helper("signals.py"), "--stop-exit", "42")),
+                         stdout=subprocess.PIPE, preexec=block)
+    deadline = time.monotonic() + 10
+    while not psutil.Process(proc.pid).children():
+        assert time.monotonic() < deadline, "unshare never forked PID 1"
+        time.sleep(0.001)       # no event tells that unshare has forked
+    pid1_of(proc).send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) in (42, 143)
+    sandbox.assert_empty()
+
+
+def test_pid1_unblocks_what_the_entrypoint_blocked_before_the_job_starts(sandbox):
+    block = lambda: signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGHUP])   # noqa: E731
+    proc = sandbox.spawn(container(*reaper_argv("exec", "--", *helper("signals.py"), "--stop-exit", "42")),
+                         stdout=subprocess.PIPE, preexec=block)
+    lines = Lines(proc.stdout)
+    job = int(lines.until("ready ").split()[1])
+    with open(f"/proc/{job}/status") as f:
+        blocked = int([x for x in f if x.startswith("SigBlk:")][0].split()[1], 16)
+    assert blocked == 0, f"the job inherited blocked signals: {blocked:#x}"
+    pid1_of(proc).send_signal(signal.SIGHUP)
+    assert lines.until("got ") == "got HUP"
+    pid1_of(proc).send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 42
     sandbox.assert_empty()
 
 

@@ -68,6 +68,15 @@ def test_quick_start_puts_reaper_on_path(quick_start):
 
 
 @pytest.mark.timeout(660)
+def test_quick_start_builds_the_container_entrypoint(quick_start, sandbox):
+    """VENV/bin/reaper-entrypoint (scripts/reaper-entrypoint.c) runs the launcher next to it."""
+    entry = os.path.join(quick_start["venv"], "bin", "reaper-entrypoint")
+    proc = sandbox.spawn([entry, "exec", "--", "sh", "-c", "exit 7"], env=clean_env(PATH="/usr/bin:/bin"))
+    assert proc.wait(timeout=60) == 7
+    sandbox.assert_empty()
+
+
+@pytest.mark.timeout(660)
 def test_quick_start_launcher_skips_site_and_uses_the_extension(quick_start, sandbox):
     launcher = os.path.join(quick_start["venv"], "bin", "reaper")
     with open(launcher) as f:

@@ -16,7 +16,7 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOBS = os.path.join(HERE, "jobs")
-REAPER = "/opt/reaper-venv/bin/reaper"
+REAPER = "/opt/reaper-venv/bin/reaper-entrypoint"     # examples/Dockerfile's ENTRYPOINT
 JOB = ["python3", "/jobs/job.py"]
 
 
