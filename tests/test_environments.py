@@ -115,7 +115,8 @@ def test_pid1_unblocks_what_the_entrypoint_blocked_before_the_job_starts(sandbox
     proc = sandbox.spawn(container(*reaper_argv("exec", "--", *helper("signals.py"), "--stop-exit", "42")),
                          stdout=subprocess.PIPE, preexec=block)
     lines = Lines(proc.stdout)
-    job = int(lines.until("ready ").split()[1])
+    lines.until("ready ")           # the job prints its pid in the namespace, not ours
+    [job] = [c.pid for c in pid1_of(proc).children() if c.status() != psutil.STATUS_ZOMBIE]
     with open(f"/proc/{job}/status") as f:
         blocked = int([x for x in f if x.startswith("SigBlk:")][0].split()[1], 16)
     assert blocked == 0, f"the job inherited blocked signals: {blocked:#x}"
