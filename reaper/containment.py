@@ -71,6 +71,11 @@ class CgroupContainment:
     def empty(self):
         return not self.job.populated()
 
+    @property
+    def events_gone(self):
+        """The job cgroup was removed (by a root job or an administrator): no more events."""
+        return self.job.gone
+
     def rest(self):
         return self.job.pids()
 
@@ -90,6 +95,7 @@ class TreeContainment:
     cgroup_procs = None
     cgroup_fd = None
     events_fd = None
+    events_gone = False
     members = None
 
     def __init__(self, reason):

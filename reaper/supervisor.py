@@ -4,7 +4,8 @@ It sleeps in poll(2) on at most two descriptors and wakes only for an event:
 - the signal wakeup pipe (signal.set_wakeup_fd): every signal reaper receives,
   SIGCHLD included, arrives as a byte naming it, so handlers do nothing and
   all decisions are made here, in order;
-- `cgroup.events` (POLLPRI) when the job's cgroup empties; as PID 1 without
+- `cgroup.events` (POLLPRI) when the job's cgroup empties, until someone
+  removes that cgroup (its file then polls readable for ever); as PID 1 without
   a cgroup, an epoll of pidfds when a process that entered the namespace
   from outside exits (reaper.namespace).
 The only timeouts are the grace and --timeout deadlines, so an idle job costs
@@ -203,6 +204,8 @@ class Supervisor:
             for fd, _ in poller.poll(self._poll_timeout_ms()):
                 if fd == self.containment.events_fd:
                     self.containment.empty()    # re-arms: reads cgroup.events, or drains the epoll
+                    if self.containment.events_gone:
+                        poller.unregister(fd)   # a removed cgroup's cgroup.events polls readable for ever
                 elif fd in owners and owners[fd].on_readable(self, fd) is False:
                     poller.unregister(fd)       # e.g. EOF, which would stay readable
             self._drain_signals()

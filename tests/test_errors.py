@@ -91,6 +91,11 @@ def test_unreadable_mountinfo_is_a_clean_125(sandbox):
     assert err == b"reaper: cannot read /proc/self/mountinfo: No such file or directory\n"
 
 
+def _reads(pid):
+    with open(f"/proc/{pid}/io") as f:
+        return int(dict(line.split(": ") for line in f.read().splitlines())["syscr"])
+
+
 def test_job_cgroup_removed_under_reaper_still_collects_everything(sandbox):
     proc = sandbox.reaper("exec", "--containment", "cgroup", "--grace", "300ms", "--",
                           *helper("escape.py"), "2", "--ignore-term", "--stay", stdout=subprocess.PIPE)
@@ -103,6 +108,16 @@ def test_job_cgroup_removed_under_reaper_still_collects_everything(sandbox):
         with open(os.path.join(sandbox.path, "cgroup.procs"), "w") as f:
             f.write(pid)
     os.rmdir(job)
+    # A removed cgroup's cgroup.events polls readable for ever: once anything wakes
+    # reaper (here a SIGCHLD, which only makes it look for exited children), it
+    # must stop watching that file, not spin on it.  Counted in read(2) calls (the
+    # loop reads the file each time round) while the job idles: a spinning
+    # supervisor makes thousands in half a second even on a loaded machine.
+    reads = _reads(proc.pid)
+    proc.send_signal(signal.SIGCHLD)
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.5)      # the window measured; the job stays until signalled
+    assert _reads(proc.pid) - reads < 100, "reaper spins on the removed cgroup's cgroup.events"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == -signal.SIGTERM   # reaper dies of the TERM it forwarded (cli.exit_like_the_job)
     sandbox.assert_empty()
