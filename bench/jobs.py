@@ -20,9 +20,7 @@ temporary directory), so other jobs on the machine are neither seen nor
 touched.
 """
 
-import errno
 import os
-import select
 import signal
 import subprocess
 import time
@@ -104,24 +102,6 @@ def registry(bench):
 
 # -- reaper kill on a big tree -----------------------------------------------------
 
-class Watch:
-    """cgroup.events of a job cgroup; vanished counts as empty."""
-
-    def __init__(self, path):
-        self.fd = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
-
-    def populated(self):
-        try:
-            return b"populated 1" in os.pread(self.fd, 4096, 0)
-        except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ENODEV):
-                return False
-            raise
-
-    def close(self):
-        os.close(self.fd)
-
-
 def _job_cgroup(trial_cg):
     for d in os.listdir(trial_cg):
         if d.startswith("reaper.") and os.path.isdir(os.path.join(trial_cg, d)):
@@ -151,9 +131,7 @@ def _kill_trial(bench, key, n, rep):
             result["error"] = "no job cgroup (is reaper in cgroup containment?)"
             return result
         result["processes"] = len(bl.cg_pids(target))
-        watch = Watch(target)
-        poller = select.poll()
-        poller.register(watch.fd, select.POLLPRI)
+        watch = bl.Events(target)
         killer = None
         try:
             t0 = time.monotonic()
@@ -168,7 +146,7 @@ def _kill_trial(bench, key, n, rep):
                                           stderr=bench.log_fd)
             deadline = t0 + 30
             while watch.populated() and time.monotonic() < deadline:
-                poller.poll(max(1, (deadline - time.monotonic()) * 1000))
+                watch.poller.poll(max(1, (deadline - time.monotonic()) * 1000))
             empty = time.monotonic()
             result["empty_ms"] = (empty - t0) * 1000 if not watch.populated() else None
             if killer is not None:

@@ -176,6 +176,21 @@ def placement():
         return containment.Placement(None, problem=str(e))
 
 
+def marked_processes(variable, value):
+    """Pids of every process whose environment has variable=value (a test's marker)."""
+    marker = f"{variable}={value}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if marker in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
 @pytest.fixture(scope="session")
 def cg_root(placement):
     place = placement
@@ -191,15 +206,7 @@ def cg_root(placement):
     cg_destroy(path)
     if undo:
         undo()
-    leftovers = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if f"REAPER_TEST_MARKER={MARKER}".encode() in f.read():
-                        leftovers.append(int(entry))
-            except OSError:
-                pass
+    leftovers = marked_processes("REAPER_TEST_MARKER", MARKER)
     for pid in leftovers:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -19,6 +19,8 @@ import uuid
 
 import pytest
 
+from conftest import marked_processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench", "run.py")
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -26,19 +28,6 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 def bench_cgroups(parent):
     return {d for d in os.listdir(parent) if d.startswith("reaper-bench.")}
-
-
-def marked_processes(marker):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if f"REAPER_BENCH_SELFTEST={marker}".encode() in f.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 @pytest.mark.timeout(120)
@@ -75,7 +64,7 @@ def test_bench_runs_and_cleans_up(tmp_path):
         assert any(t["metric"] == "start-up" for t in doc["targets"])
         assert "| contestant |" in r.stdout.decode()
     finally:
-        left = marked_processes(marker)
+        left = marked_processes("REAPER_BENCH_SELFTEST", marker)
         # Other benches may run at the same time: look for this run's own
         # subtree (named in its JSON), or for any new one if there is no JSON.
         try:

@@ -24,6 +24,7 @@ import uuid
 
 import pytest
 
+import conftest
 from conftest import HELPERS, ROOT, usable_by_others
 
 REAPER = "/opt/reaper-venv/bin/reaper"
@@ -106,16 +107,7 @@ def cgroup_pids(control_group):
 
 
 def marked_processes(marker):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if f"REAPER_TEST_MARKER={marker}".encode() in f.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
+    return conftest.marked_processes("REAPER_TEST_MARKER", marker)
 
 
 class Units:
