@@ -18,8 +18,8 @@ import asyncio
 import signal as _signal
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from reaper.api import (PIPE, Job, ProcessInfo, Result, StrPath, Stream, UsageError,
-                        _IO, _seconds, _signum)
+from reaper.api import (Job, ProcessInfo, Result, StrPath, Stream, _IO, _run_streams, _seconds, _signum,
+                        _with_output)
 
 __all__ = ["AsyncJob", "arun"]
 
@@ -204,21 +204,7 @@ async def arun(argv: Sequence[StrPath], *, input: Union[bytes, str, None] = None
                cwd: Optional[StrPath] = None, env: Optional[Mapping[str, str]] = None,
                **options: Any) -> Result:
     """reaper.run() for asyncio; cancelling stops the job and waits until it is collected."""
-    if capture_output:
-        if stdout is not None or stderr is not None:
-            raise UsageError("capture_output may not be used with stdout or stderr")
-        stdout = stderr = PIPE
-    data: Optional[bytes] = None
-    if input is not None:
-        if stdin is not None:
-            raise UsageError("input may not be used with stdin")
-        stdin = PIPE
-        if isinstance(input, str):
-            data = input.encode()
-        elif isinstance(input, (bytes, bytearray, memoryview)):
-            data = bytes(input)
-        else:
-            raise UsageError(f"input: expected bytes or str, not {type(input).__name__}")
+    stdin, stdout, stderr, data = _run_streams(capture_output, input, stdin, stdout, stderr)
     job = AsyncJob(argv, stdin=stdin, stdout=stdout, stderr=stderr, timeout=timeout, grace=grace,
                    stop_signal=stop_signal, cwd=cwd, env=env, **options)
     out: Optional[bytes] = None
@@ -236,11 +222,3 @@ async def arun(argv: Sequence[StrPath], *, input: Union[bytes, str, None] = None
     if check:
         result.check_returncode()
     return result
-
-
-def _with_output(result: Result, out: Optional[bytes], err: Optional[bytes], text: bool) -> Result:
-    if text:
-        return Result(**{**result.__dict__, "stdout": None if out is None else out.decode(errors="replace"),
-                         "stderr": None if err is None else err.decode(errors="replace")})
-    return Result(**{**result.__dict__, "stdout": out, "stderr": err})
-

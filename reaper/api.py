@@ -859,6 +859,34 @@ class _IO:
                 b"".join(self.bufs[2]) if 2 in self.bufs else None)
 
 
+def _run_streams(capture_output: bool, input: Union[bytes, str, None], stdin: Stream, stdout: Stream,
+                 stderr: Stream) -> Tuple[Stream, Stream, Stream, Optional[bytes]]:
+    """run()'s and arun()'s capture_output and input, as subprocess.run takes them:
+    (stdin, stdout, stderr, the input as bytes or None)."""
+    if capture_output:
+        if stdout is not None or stderr is not None:
+            raise UsageError("capture_output may not be used with stdout or stderr")
+        stdout = stderr = PIPE
+    if input is None:
+        return stdin, stdout, stderr, None
+    if stdin is not None:
+        raise UsageError("input may not be used with stdin")
+    if isinstance(input, str):
+        return PIPE, stdout, stderr, input.encode()
+    if isinstance(input, (bytes, bytearray, memoryview)):
+        return PIPE, stdout, stderr, bytes(input)
+    raise UsageError(f"input: expected bytes or str, not {type(input).__name__}")
+
+
+def _with_output(result: Result, out: Optional[bytes], err: Optional[bytes], text: bool) -> Result:
+    """The job's result with what run() captured, decoded if text."""
+    if text:
+        out_t = None if out is None else out.decode(errors="replace")
+        err_t = None if err is None else err.decode(errors="replace")
+        return Result(**{**result.__dict__, "stdout": out_t, "stderr": err_t})
+    return Result(**{**result.__dict__, "stdout": out, "stderr": err})
+
+
 def run(argv: Sequence[StrPath], *, timeout: Optional[float] = None, grace: float = 10.0,
         stop_signal: Union[int, str] = _signal.SIGTERM, input: Union[bytes, str, None] = None,
         capture_output: bool = False, check: bool = False, text: bool = False,
@@ -875,36 +903,19 @@ def run(argv: Sequence[StrPath], *, timeout: Optional[float] = None, grace: floa
     With capture_output, returns as soon as the job is collected, even if a
     grandchild had inherited stdout.  check=True raises JobTimeout or JobFailed.
     """
-    if capture_output:
-        if stdout is not None or stderr is not None:
-            raise UsageError("capture_output may not be used with stdout or stderr")
-        stdout = stderr = PIPE
-    if input is not None:
-        if stdin is not None:
-            raise UsageError("input may not be used with stdin")
-        stdin = PIPE
-        if isinstance(input, str):
-            input = input.encode()
-        elif not isinstance(input, (bytes, bytearray, memoryview)):
-            raise UsageError(f"input: expected bytes or str, not {type(input).__name__}")
+    stdin, stdout, stderr, data = _run_streams(capture_output, input, stdin, stdout, stderr)
     job = Job(argv, timeout=timeout, grace=grace, stop_signal=stop_signal, stdin=stdin,
               stdout=stdout, stderr=stderr, cwd=cwd, env=env, name=name,
               containment=containment, wait_all=wait_all, pidns=pidns,
               memory_max=memory_max, pids_max=pids_max, cpu_max=cpu_max, stats=stats)
     with job:
         try:
-            out, err = job._communicate(bytes(input) if input is not None else None)
+            out, err = job._communicate(data)
         except BaseException:
             job.close()     # stop and collect before the exception leaves
             raise
         job.wait()
-    result = job.wait()
-    if text:
-        out_t = None if out is None else out.decode(errors="replace")
-        err_t = None if err is None else err.decode(errors="replace")
-        result = Result(**{**result.__dict__, "stdout": out_t, "stderr": err_t})
-    else:
-        result = Result(**{**result.__dict__, "stdout": out, "stderr": err})
+    result = _with_output(job.wait(), out, err, text)
     if check:
         result.check_returncode()
     return result
