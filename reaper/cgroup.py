@@ -244,12 +244,18 @@ def has_kill(path):
     return os.path.exists(os.path.join(path, "cgroup.kill")) and not os.environ.get("REAPER_NO_CGROUP_KILL")
 
 
-def _write(path, data):
+def write(path, data):
+    """Write a cgroup control file in one write(2), as the kernel wants it (bytes or str)."""
     fd = os.open(path, os.O_WRONLY)
     try:
-        os.write(fd, data)
+        os.write(fd, data.encode() if isinstance(data, str) else data)
     finally:
         os.close(fd)
+
+
+def enable_controllers(path, controllers):
+    """Give `path`'s children these controllers (its cgroup.subtree_control); OSError if refused."""
+    write(os.path.join(path, "cgroup.subtree_control"), " ".join("+" + c for c in controllers))
 
 
 class JobCgroup:
@@ -307,7 +313,7 @@ class JobCgroup:
         if here is None or not (here == self.path or here.startswith(self.path + "/")):
             return
         try:
-            _write(os.path.join(home_dir, "cgroup.procs"), b"0")
+            write(os.path.join(home_dir, "cgroup.procs"), b"0")
         except OSError as e:
             raise ReaperError(f"the job moved reaper into its own cgroup and reaper cannot leave it: "
                               f"{e.strerror}")
@@ -349,7 +355,7 @@ class JobCgroup:
 
     def _freeze(self, frozen):
         try:
-            _write(os.path.join(self.path, "cgroup.freeze"), b"1" if frozen else b"0")
+            write(os.path.join(self.path, "cgroup.freeze"), b"1" if frozen else b"0")
         except OSError as e:
             if e.errno in (errno.ENODEV, errno.ENOENT):
                 self.gone = True
@@ -374,7 +380,7 @@ class JobCgroup:
         self.evict_self()
         if sig == 9 and self.use_kill:
             try:
-                _write(os.path.join(self.path, "cgroup.kill"), b"1")
+                write(os.path.join(self.path, "cgroup.kill"), b"1")
             except OSError as e:
                 if e.errno not in (errno.ENODEV, errno.ENOENT):
                     raise

@@ -32,6 +32,8 @@ DelegateSubgroup=, which needs systemd >= 254) and job cgroups go beside it.
 import errno
 import os
 
+from reaper import cgroup
+
 UNIT_SUFFIXES = (".service", ".scope", ".slice", ".socket", ".mount", ".swap")
 XATTRS = ("trusted.delegate", "user.delegate")
 LEAF = "supervisor"
@@ -142,11 +144,7 @@ def move_into_leaf(directory, log):
         os.mkdir(leaf)
     except FileExistsError:
         pass
-    fd = os.open(os.path.join(leaf, "cgroup.procs"), os.O_WRONLY)
-    try:
-        os.write(fd, b"0")
-    finally:
-        os.close(fd)
+    cgroup.write(os.path.join(leaf, "cgroup.procs"), b"0")
     try:
         with open(os.path.join(directory, "cgroup.controllers")) as f:
             available = f.read().split()
@@ -154,11 +152,7 @@ def move_into_leaf(directory, log):
         available = []
     if available:
         try:
-            fd = os.open(os.path.join(directory, "cgroup.subtree_control"), os.O_WRONLY)
-            try:
-                os.write(fd, " ".join("+" + c for c in available).encode())
-            finally:
-                os.close(fd)
+            cgroup.enable_controllers(directory, available)
             log(f"controllers for job cgroups: {' '.join(available)}")
         except OSError as e:
             why = "another process is still in it" if e.errno == errno.EBUSY else e.strerror

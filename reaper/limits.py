@@ -25,6 +25,7 @@ not silently stretched by swap.  CPU is a bandwidth limit: `1.5` means
 import errno
 import os
 
+from reaper import cgroup
 from reaper.errors import ReaperError
 
 MEMORY_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
@@ -122,11 +123,7 @@ def prepare(parent, limits):
     if not missing:
         return
     try:
-        fd = os.open(os.path.join(parent, "cgroup.subtree_control"), os.O_WRONLY)
-        try:
-            os.write(fd, " ".join("+" + c for c in missing).encode())
-        finally:
-            os.close(fd)
+        cgroup.enable_controllers(parent, missing)
     except OSError as e:
         what = f"cannot enable {', '.join(missing)} in {parent}/cgroup.subtree_control"
         if e.errno == errno.EBUSY:

@@ -55,14 +55,6 @@ def _cmdline(pid: int) -> str:
         return "(exited)"
 
 
-def _write(path: str, data: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, data.encode())
-    finally:
-        os.close(fd)
-
-
 class CgroupJobs:
     """Each test in a cgroup of its own under pytest's cgroup."""
 
@@ -72,8 +64,8 @@ class CgroupJobs:
         self.runner = os.path.join(self.root, "runner")
         os.mkdir(self.root)
         os.mkdir(self.runner)
-        _write(os.path.join(self.runner, "cgroup.procs"), "0")
         from reaper import cgroup
+        cgroup.write(os.path.join(self.runner, "cgroup.procs"), "0")
         self.kill_how = "cgroup.kill" if cgroup.has_kill(self.runner) else "freeze, signal, thaw"
         self.counter = 0
         self.current: Optional[str] = None
@@ -88,7 +80,8 @@ class CgroupJobs:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
         self.current = os.path.join(self.root, f"t{self.counter:05d}.{safe}")
         os.mkdir(self.current)
-        _write(os.path.join(self.current, "cgroup.procs"), "0")
+        from reaper import cgroup
+        cgroup.write(os.path.join(self.current, "cgroup.procs"), "0")
         self.runner_jobs = set(self._runner_jobs())
 
     def _runner_jobs(self) -> List[str]:
@@ -104,9 +97,9 @@ class CgroupJobs:
         if path is None:
             return []
         self.current = None
-        _write(os.path.join(self.runner, "cgroup.procs"), "0")
-        self._rescue_api_server(path)
         from reaper import cgroup
+        cgroup.write(os.path.join(self.runner, "cgroup.procs"), "0")
+        self._rescue_api_server(path)
         leaked = [(pid, _cmdline(pid)) for pid in _cgroup_pids(path)]
         # Jobs the test started through reaper.api after its fork server moved to
         # the runner, and left running: kill them through their cgroup (their
@@ -137,21 +130,22 @@ class CgroupJobs:
         pid = _api_server_pid()
         if pid is None:
             return
+        from reaper import cgroup
+        from reaper.procfs import read
         try:
-            from reaper.procfs import read
             here = [int(p) for p in read(os.path.join(path, "cgroup.procs")).split()]
         except OSError:
             return
         for p in [pid] + _api_spares(pid, here):
             if p in here:
-                _write(os.path.join(self.runner, "cgroup.procs"), str(p))
+                cgroup.write(os.path.join(self.runner, "cgroup.procs"), str(p))
 
     def close(self) -> None:
         from reaper import cgroup
         if self.current is not None:
             self.leave()
         try:
-            _write(os.path.join(self.parent, "cgroup.procs"), "0")
+            cgroup.write(os.path.join(self.parent, "cgroup.procs"), "0")
         except OSError:
             pass
         cgroup.remove_tree(self.root, wait_s=LEAK_WAIT_S)
