@@ -29,24 +29,36 @@ class Members:
         self.pinned = {}        # pidfd -> pid, for each member not yet seen to exit
 
     def any_alive(self):
-        """Pin the members /proc shows now, forget those that exited; is one left?"""
-        self._forget_exited()
+        """Pin the members /proc shows now, forget those that exited; is one left?
+
+        A listed pid that was already pinned is skipped; if that pinned
+        process turns out to have exited meanwhile, the pid may name a new
+        member, so the scan is made again (each repetition needs an exit).
+        """
         me = os.getpid()
-        known = set(self.pinned.values())
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            pid = int(name)
-            if pid == me or pid in known:
-                continue
-            try:
-                pidfd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                continue
-            self.pinned[pidfd] = pid
-            self.epoll.register(pidfd, select.EPOLLIN)
-        self._forget_exited()
-        return bool(self.pinned)
+        while True:
+            self._forget_exited()
+            known = set(self.pinned.values())
+            skipped = []
+            for name in os.listdir("/proc"):
+                if not name.isdigit():
+                    continue
+                pid = int(name)
+                if pid == me:
+                    continue
+                if pid in known:
+                    skipped.append(pid)
+                    continue
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    continue
+                self.pinned[pidfd] = pid
+                self.epoll.register(pidfd, select.EPOLLIN)
+            self._forget_exited()
+            still = set(self.pinned.values())
+            if all(pid in still for pid in skipped):
+                return bool(self.pinned)
 
     def _forget_exited(self):
         while self.pinned:
